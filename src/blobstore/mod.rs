@@ -1,0 +1,180 @@
+//! Blob stores: the Content Addressable Storage and the Action Cache the expander shares
+//! with the scheduler and workers.
+//!
+//! As in Buildbarn's `pkg/blobstore`, each store is a small trait with one implementation
+//! per file (`grpc_*` talks to bb_storage, `memory_*` is the embedded default) and
+//! decorators that wrap the trait (`existence_caching_*`, `read_caching_*`). Turning
+//! configuration into these objects happens in `configuration.rs` only.
+//!
+//! Every call carries an [`Instance`]: the REAPI instance name and digest function of the
+//! request, so that blobs are addressed exactly as the client addressed them.
+
+use crate::digest::DigestFunction;
+use crate::proto::reapi;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tonic::Status;
+
+pub mod configuration;
+pub mod existence_caching_content_addressable_storage;
+pub mod grpc_action_cache;
+pub mod grpc_content_addressable_storage;
+pub mod memory_action_cache;
+pub mod memory_content_addressable_storage;
+pub mod read_caching_content_addressable_storage;
+
+
+
+
+pub use memory_action_cache::MemoryActionCache;
+pub use memory_content_addressable_storage::MemoryContentAddressableStorage;
+
+
+/// The REAPI instance name and digest function a request is made for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Instance {
+    pub name: String,
+    pub digest_function: DigestFunction,
+}
+
+impl Instance {
+    pub fn new(name: impl Into<String>, digest_function: DigestFunction) -> Self {
+        Self {
+            name: name.into(),
+            digest_function,
+        }
+    }
+}
+
+/// A blob's content as a stream of chunks.
+pub type ChunkStream = BoxStream<'static, Result<Bytes, Status>>;
+
+/// The Content Addressable Storage.
+///
+/// `get`/`put` move whole blobs and suit small ones (Directories, Commands, records);
+/// `get_stream`/`put_stream` move large blobs without holding them in memory. A
+/// missing blob is reported as NOT_FOUND.
+#[async_trait]
+pub trait ContentAddressableStorage: Send + Sync + 'static {
+    /// Returns the digests of `digests` that are not present.
+    async fn find_missing(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Result<Vec<reapi::Digest>, Status>;
+
+    /// Reads a whole blob.
+    async fn get(&self, instance: &Instance, digest: &reapi::Digest) -> Result<Bytes, Status>;
+
+    /// Writes a whole blob. The store checks the content against the digest.
+    async fn put(
+        &self,
+        instance: &Instance,
+        digest: &reapi::Digest,
+        data: Bytes,
+    ) -> Result<(), Status>;
+
+    /// Writes several (small) blobs; implementations may batch them in one request.
+    async fn put_batch(
+        &self,
+        instance: &Instance,
+        blobs: Vec<(reapi::Digest, Bytes)>,
+    ) -> Result<(), Status> {
+        for (digest, data) in blobs {
+            self.put(instance, &digest, data).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads a blob as a stream of chunks.
+    async fn get_stream(
+        &self,
+        instance: &Instance,
+        digest: &reapi::Digest,
+    ) -> Result<ChunkStream, Status> {
+        let data = self.get(instance, digest).await?;
+        Ok(futures::stream::once(async move { Ok(data) }).boxed())
+    }
+
+    /// Writes a blob from a stream of chunks whose concatenation has `digest`.
+    async fn put_stream(
+        &self,
+        instance: &Instance,
+        digest: &reapi::Digest,
+        mut chunks: ChunkStream,
+    ) -> Result<(), Status> {
+        let mut buf = Vec::with_capacity(digest.size_bytes.max(0) as usize);
+        while let Some(chunk) = chunks.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        self.put(instance, digest, Bytes::from(buf)).await
+    }
+}
+
+/// The Action Cache. A missing entry is reported as NOT_FOUND.
+#[async_trait]
+pub trait ActionCache: Send + Sync + 'static {
+    async fn get_action_result(
+        &self,
+        instance: &Instance,
+        action_digest: &reapi::Digest,
+    ) -> Result<reapi::ActionResult, Status>;
+
+    async fn put_action_result(
+        &self,
+        instance: &Instance,
+        action_digest: &reapi::Digest,
+        result: reapi::ActionResult,
+    ) -> Result<(), Status>;
+}
+
+/// Checks that `data` has `digest`, with Buildbarn's wording (bb-storage buffer/source.go).
+pub fn verify_blob(
+    function: DigestFunction,
+    digest: &reapi::Digest,
+    data: &[u8],
+) -> Result<(), Status> {
+    if data.len() as i64 != digest.size_bytes {
+        return Err(Status::invalid_argument(format!(
+            "Buffer is {} bytes in size, while {} bytes were expected",
+            data.len(),
+            digest.size_bytes
+        )));
+    }
+    let actual = function.digest_of(data);
+    if actual.hash != digest.hash {
+        return Err(Status::invalid_argument(format!(
+            "Buffer has checksum {}, while {} was expected",
+            actual.hash, digest.hash
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a blob and decodes it as a protobuf message.
+pub async fn get_message<M: prost::Message + Default>(
+    cas: &dyn ContentAddressableStorage,
+    instance: &Instance,
+    digest: &reapi::Digest,
+) -> Result<M, Status> {
+    let data = cas.get(instance, digest).await?;
+    M::decode(data).map_err(|e| {
+        Status::invalid_argument(format!(
+            "Failed to unmarshal message {}: {e}",
+            crate::digest::display(digest)
+        ))
+    })
+}
+
+/// Encodes a message, stores it, and returns its digest.
+pub async fn put_message<M: prost::Message>(
+    cas: &dyn ContentAddressableStorage,
+    instance: &Instance,
+    message: &M,
+) -> Result<reapi::Digest, Status> {
+    let (digest, data) = crate::digest::encode_message(instance.digest_function, message);
+    cas.put(instance, &digest, data).await?;
+    Ok(digest)
+}

@@ -1,0 +1,29 @@
+//! bb-container-expander: runs remote actions inside the container image they name.
+//!
+//! It sits between Buildbarn's frontend and `bb_scheduler` (or behind the scheduler's
+//! remote action router hook). For every action whose platform names a
+//! `container-image`, it fetches the image from its registry, turns its layers into
+//! Merkle trees in the CAS, merges them with the action's input root and forwards the
+//! rewritten action. See `../README.md` for the operator's view.
+//!
+//! Layout, data first:
+//! - [`digest`], [`status`], [`proto`]: REAPI digests, error wrapping, generated code;
+//! - [`config`]: Jsonnet loading with Buildbarn's semantics and the typed configuration;
+//! - [`blobstore`]: CAS and AC traits, backends and decorators;
+//! - [`registry`]: OCI distribution access (references, auth, platforms, blobs);
+//! - [`layer`]: one layer blob → a verified, normalised changeset in the CAS;
+//! - [`tree`]: in-memory Merkle trees, applying changesets, canonical encoding;
+//! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
+
+pub mod blobstore;
+pub mod config;
+pub mod diagnostics;
+pub mod digest;
+pub mod grpc;
+pub mod layer;
+pub mod proto;
+pub mod registry;
+pub mod service;
+pub mod status;
+pub mod testutil;
+pub mod tree;

@@ -1,0 +1,20 @@
+//! Generated code of the project's own .proto files (see build.rs), and short aliases for
+//! the REAPI packages of the `bazel-remote-apis` crate.
+
+pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
+pub use bazel_remote_apis::google::bytestream;
+pub use bazel_remote_apis::google::longrunning;
+pub use bazel_remote_apis::google::protobuf;
+pub use bazel_remote_apis::google::rpc;
+
+/// Records kept in the CAS and referenced from the Action Cache.
+pub mod cache {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/bb_container_expander.cache.rs"));
+}
+
+/// Buildbarn's remote action router hook (bb_scheduler `actionRouter: { remote: ... }`).
+pub mod remoteactionrouter {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/buildbarn.remoteactionrouter.rs"));
+}

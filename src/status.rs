@@ -1,0 +1,61 @@
+//! Helpers to build `tonic::Status` errors with context, in the manner of Buildbarn's
+//! `util.StatusWrap`: the message gets a prefix ("Failed to fetch layer sha256:…: …") and
+//! the code of the underlying error is kept, so that callers can still tell a client's
+//! mistake (INVALID_ARGUMENT, NOT_FOUND, …) from a transient fault (UNAVAILABLE).
+
+use tonic::{Code, Status};
+
+/// Prefixes the message of `status` with `context`, keeping its code.
+pub fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
+    Status::new(status.code(), format!("{}: {}", context, status.message()))
+}
+
+/// Prefixes the message of `status` with `context` and replaces its code.
+pub fn wrap_with_code(status: Status, code: Code, context: impl std::fmt::Display) -> Status {
+    Status::new(code, format!("{}: {}", context, status.message()))
+}
+
+/// Extension trait to wrap the error of a `Result<T, Status>`.
+pub trait StatusContext<T> {
+    /// Prefixes the error message with the context returned by `f`.
+    fn context_with<C: std::fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T, Status>;
+    /// Prefixes the error message with `context`.
+    fn context(self, context: impl std::fmt::Display) -> Result<T, Status>;
+}
+
+impl<T> StatusContext<T> for Result<T, Status> {
+    fn context_with<C: std::fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T, Status> {
+        self.map_err(|s| wrap(s, f()))
+    }
+    fn context(self, context: impl std::fmt::Display) -> Result<T, Status> {
+        self.map_err(|s| wrap(s, context))
+    }
+}
+
+/// Maps an I/O error to a status: reads and writes of local files are internal faults.
+pub fn from_io(err: std::io::Error, context: impl std::fmt::Display) -> Status {
+    Status::internal(format!("{context}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_keeps_code() {
+        let s = wrap(Status::not_found("Blob not found"), "Failed to read Command");
+        assert_eq!(s.code(), Code::NotFound);
+        assert_eq!(s.message(), "Failed to read Command: Blob not found");
+    }
+
+    #[test]
+    fn wrap_with_code_replaces_code() {
+        let s = wrap_with_code(
+            Status::not_found("Blob not found"),
+            Code::FailedPrecondition,
+            "Failed to read input root",
+        );
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "Failed to read input root: Blob not found");
+    }
+}

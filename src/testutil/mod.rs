@@ -1,0 +1,1 @@
+//! Test support: in-process servers used by unit and integration tests.
