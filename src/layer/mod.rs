@@ -1,1 +1,4 @@
-//! (placeholder: being written)
+//! A layer blob → a verified, normalised changeset in the CAS (being written).
+
+pub mod descriptor;
+pub use descriptor::LayerDescriptor;
