@@ -21,6 +21,7 @@ pub mod diagnostics;
 pub mod digest;
 pub mod grpc;
 pub mod layer;
+pub mod program;
 pub mod proto;
 pub mod registry;
 pub mod service;

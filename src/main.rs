@@ -1,1 +1,71 @@
-fn main(){}
+//! `bb-container-expander CONFIG.jsonnet` runs the service, as every Buildbarn binary
+//! takes its one configuration file. Subcommands run one-off jobs:
+//! `check-config FILE` evaluates and validates a configuration without starting
+//! anything.
+
+use bb_container_expander::{config, program};
+use std::process::ExitCode;
+
+const USAGE: &str = "Usage:
+  bb-container-expander CONFIG.jsonnet        run the service (`-` reads the configuration from stdin)
+  bb-container-expander check-config FILE     evaluate and validate a configuration, then exit";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["check-config", path] => check_config(path),
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        [path] if !path.starts_with("--") && *path != "check-config" => run(path),
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("Failed to start the Tokio runtime: {e}"))
+}
+
+fn check_config(path: &str) -> Result<(), String> {
+    let configuration = config::load(path)?;
+    // Building the objects catches what the types cannot (header names, addresses, …).
+    runtime()?.block_on(async move { program::Program::from_configuration(configuration) })?;
+    println!("Configuration {path} is valid");
+    Ok(())
+}
+
+fn run(path: &str) -> Result<(), String> {
+    init_logging();
+    let configuration = config::load(path)?;
+    runtime()?.block_on(async move {
+        let program = program::Program::from_configuration(configuration)?;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            program::termination_signal().await;
+            let _ = shutdown_tx.send(true);
+        });
+        program
+            .serve(Default::default(), shutdown_rx)
+            .await
+    })
+}

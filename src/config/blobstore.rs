@@ -1,10 +1,13 @@
 //! `blobstore`: where the CAS and the Action Cache live, in the shapes of bb-storage's
 //! `BlobAccessConfiguration` (a oneof: exactly one key per backend).
+//!
+//! There is no `sharding` backend: the expander must place blobs exactly where the
+//! workers will look for them, so in a sharded deployment point `grpc` at a bb_storage
+//! frontend, which shards with Buildbarn's own algorithm.
 
 use super::grpc::ClientConfiguration;
 use super::protojson;
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -30,9 +33,6 @@ pub enum BlobAccessConfiguration {
     ReadCaching(ReadCachingBlobAccessConfiguration),
     /// Remembers for `cacheDuration` which blobs exist, to skip FindMissingBlobs calls.
     ExistenceCaching(ExistenceCachingBlobAccessConfiguration),
-    /// Spreads blobs over several backends by digest (rendezvous hashing on the hash,
-    /// weighted), as bb-storage's `sharding`.
-    Sharding(ShardingBlobAccessConfiguration),
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,20 +76,4 @@ pub struct CacheConfiguration {
     /// Accepted for compatibility; eviction is least recently used.
     #[serde(default)]
     pub cache_replacement_policy: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ShardingBlobAccessConfiguration {
-    pub shards: BTreeMap<String, Shard>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Shard {
-    /// Unset for a drained shard, as in bb-storage.
-    #[serde(default)]
-    pub backend: Option<BlobAccessConfiguration>,
-    #[serde(deserialize_with = "protojson::uint64")]
-    pub weight: u64,
 }

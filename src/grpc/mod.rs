@@ -15,3 +15,9 @@ pub type GrpcChannel = tower::util::BoxCloneSyncService<
 pub fn boxed(channel: tonic::transport::Channel) -> GrpcChannel {
     tower::util::BoxCloneSyncService::new(channel)
 }
+
+pub mod authentication;
+pub mod client;
+pub mod metadata_forwarding;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,18 @@
+// A self-contained configuration for trying the expander on one machine: in-memory
+// CAS and Action Cache, gRPC on 127.0.0.1:8985, diagnostics on 127.0.0.1:9985, and a
+// scheduler on 127.0.0.1:8982.
+
+{
+  global: {
+    diagnosticsHttpServer: {
+      httpServers: [{ listenAddresses: ['127.0.0.1:9985'], authenticationPolicy: { allow: {} } }],
+      enablePrometheus: true,
+    },
+  },
+  grpcServers: [{ listenAddresses: ['127.0.0.1:8985'], authenticationPolicy: { allow: {} } }],
+  blobstore: {
+    contentAddressableStorage: { memory: { maximumSizeBytes: 4 * 1024 * 1024 * 1024 } },
+    actionCache: { memory: { maximumSizeBytes: 64 * 1024 * 1024 } },
+  },
+  scheduler: { address: '127.0.0.1:8982' },
+}

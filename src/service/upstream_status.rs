@@ -1,0 +1,38 @@
+//! How failures of the upstream scheduler reach the client. A status produced by the
+//! scheduler itself is relayed as it is; a failure of the connection (the scheduler is
+//! unreachable, or died mid-stream) becomes UNAVAILABLE, so that clients retry instead
+//! of treating it as a verdict on their action.
+
+use tonic::{Code, Status};
+
+/// Maps a status received from the upstream call.
+pub fn from_upstream(status: Status, context: &str) -> Status {
+    let connection_failure = match status.code() {
+        // tonic reports broken connections and HTTP/2 resets as UNKNOWN or INTERNAL
+        // with a transport error as source.
+        Code::Unknown | Code::Internal | Code::Cancelled => has_transport_source(&status),
+        _ => false,
+    };
+    if connection_failure {
+        Status::unavailable(format!("{context}: {}", status.message()))
+    } else {
+        crate::status::wrap(status, context)
+    }
+}
+
+fn has_transport_source(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>()
+            || err.is::<h2::Error>()
+            || err.is::<hyper::Error>()
+            || err.is::<std::io::Error>()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    // Errors decoded from HTTP/2 frames carry no source but say so in the text.
+    let m = status.message();
+    m.contains("h2 protocol error") || m.contains("error reading a body from connection") || m.contains("transport error")
+}
