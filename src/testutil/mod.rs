@@ -1,1 +1,21 @@
-//! Test support: in-process servers used by unit and integration tests.
+//! Test support shared by unit and integration tests.
+//!
+//! - [`BlobstoreServer`]: an in-process REAPI storage server (CAS, AC, ByteStream,
+//!   Capabilities) on a loopback port, backed by any [`crate::blobstore`] stores, that
+//!   counts the calls it receives and can be told to fail them;
+//! - [`ManualClock`]: a clock that only moves when a test says so, for decorators that
+//!   expire things (existence caching) without sleeping in tests.
+//!
+//! ```ignore
+//! let server = BlobstoreServer::start_in_memory().await;
+//! let cas = GrpcContentAddressableStorage::new(server.channel(), 4 << 20);
+//! // ... exercise code that uploads through `cas` ...
+//! assert_eq!(server.calls("BatchUpdateBlobs"), 1);
+//! ```
+
+mod blobstore_server;
+mod clock;
+pub mod fake_scheduler;
+
+pub use blobstore_server::{BlobstoreServer, BlobstoreServerBuilder, RecordedCall};
+pub use clock::ManualClock;
