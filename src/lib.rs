@@ -16,10 +16,12 @@
 //! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
 
 pub mod blobstore;
+pub mod cli;
 pub mod config;
 pub mod diagnostics;
 pub mod digest;
 pub mod grpc;
+pub mod image;
 pub mod layer;
 pub mod program;
 pub mod proto;

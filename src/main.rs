@@ -1,19 +1,24 @@
 //! `bb-container-expander CONFIG.jsonnet` runs the service, as every Buildbarn binary
 //! takes its one configuration file. Subcommands run one-off jobs:
 //! `check-config FILE` evaluates and validates a configuration without starting
-//! anything.
+//! anything; `expand IMAGE...` expands images into the CAS and prints the results.
 
 use bb_container_expander::{config, program};
 use std::process::ExitCode;
 
 const USAGE: &str = "Usage:
   bb-container-expander CONFIG.jsonnet        run the service (`-` reads the configuration from stdin)
-  bb-container-expander check-config FILE     evaluate and validate a configuration, then exit";
+  bb-container-expander check-config FILE     evaluate and validate a configuration, then exit
+  bb-container-expander expand [--config FILE] [--platform OS/ARCH[/VARIANT]] [--instance-name NAME]
+                        [--materialize DIR] IMAGE...
+                                              expand images into the CAS (in memory without --config)
+                                              and print one JSON line per image";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["check-config", path] => check_config(path),
+        ["expand", ..] => expand(&args[1..]),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())
@@ -52,6 +57,17 @@ fn check_config(path: &str) -> Result<(), String> {
     runtime()?.block_on(async move { program::Program::from_configuration(configuration) })?;
     println!("Configuration {path} is valid");
     Ok(())
+}
+
+fn expand(args: &[String]) -> Result<(), String> {
+    init_logging();
+    let arguments = bb_container_expander::cli::expand::ExpandArguments::parse(args)?;
+    let all_ok = runtime()?.block_on(bb_container_expander::cli::expand::run(arguments))?;
+    if all_ok {
+        Ok(())
+    } else {
+        Err("Some images could not be expanded".into())
+    }
 }
 
 fn run(path: &str) -> Result<(), String> {

@@ -7,6 +7,7 @@
 //! `configs/bb_container_expander.jsonnet`.
 
 pub mod blobstore;
+pub mod container_images;
 pub mod global;
 pub mod grpc;
 pub mod jsonnet;
@@ -34,6 +35,9 @@ pub struct ApplicationConfiguration {
     pub blobstore: blobstore::BlobstoreConfiguration,
     /// The bb_scheduler that rewritten and passed-through actions are forwarded to.
     pub scheduler: grpc::ClientConfiguration,
+    /// Registries, image expansion and its caches.
+    #[serde(default)]
+    pub container_images: container_images::ContainerImagesConfiguration,
 }
 
 fn default_maximum_message_size_bytes() -> u64 {
@@ -56,6 +60,9 @@ impl ApplicationConfiguration {
         if self.scheduler.address.is_empty() {
             return Err("scheduler.address: must not be empty".into());
         }
+        self.container_images
+            .validate()
+            .map_err(|e| format!("containerImages.{e}"))?;
         if self.maximum_message_size_bytes < 64 * 1024 {
             return Err(format!(
                 "maximumMessageSizeBytes: {} is too small (at least 65536)",

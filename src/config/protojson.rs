@@ -83,6 +83,11 @@ pub fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     u64::try_from(v).map_err(|_| de::Error::custom(format!("{v} must not be negative")))
 }
 
+/// `#[serde(default, deserialize_with = "optional_uint64")]` for an `Option<u64>`.
+pub fn optional_uint64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    uint64(d).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,68 @@
+//! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
+//! step, and bytes pulled from each registry.
+
+use prometheus::{HistogramVec, IntCounterVec};
+use std::sync::LazyLock;
+
+static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "cache_lookups_total",
+            "Lookups in the expander's caches, by cache and outcome (hit, miss, incomplete).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["cache", "result"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+static STEP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        prometheus::HistogramOpts::new(
+            "step_duration_seconds",
+            "Time spent per step: resolve, fetch_metadata, ingest_layer, apply, upload_tree, \
+             graft, forward.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander")
+        .buckets(prometheus::exponential_buckets(0.0001, 4.0, 13).expect("valid buckets")),
+        &["step", "result"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(h.clone())).expect("metric registered once");
+    h
+});
+
+static PULLED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "registry_pulled_bytes_total",
+            "Layer bytes pulled from each registry (as stored, compressed).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["registry"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts a cache lookup: `result` is `hit`, `miss` or `incomplete`.
+pub fn cache_lookup(cache: &str, result: &str) {
+    CACHE_LOOKUPS.with_label_values(&[cache, result]).inc();
+}
+
+/// Records the duration of a step.
+pub fn step(step: &str, ok: bool, seconds: f64) {
+    STEP_SECONDS
+        .with_label_values(&[step, if ok { "ok" } else { "error" }])
+        .observe(seconds);
+}
+
+pub fn pulled(registry: &str, bytes: u64) {
+    PULLED_BYTES.with_label_values(&[registry]).inc_by(bytes);
+}
