@@ -1,0 +1,380 @@
+//! Configuration of registry access: which registries may be contacted, how (plain HTTP or
+//! TLS, mirrors), with which credentials, and the request policy (timeout, retries).
+//!
+//! Buildbarn conventions (buildbarn.md §1): lowerCamelCase, unknown fields rejected,
+//! durations as protobuf JSON strings (`"30s"`), a oneof is an object with exactly one key.
+//!
+//! ```json
+//! {
+//!   "registries": [
+//!     { "hosts": ["registry.example.com", "registry.example.com:5000"],
+//!       "credentials": { "basic": { "username": "puller", "password": "…" } },
+//!       "mirrors": ["mirror.example.com"] },
+//!     { "hosts": ["docker.io"], "credentials": { "dockerConfigPath": "/secrets/config.json" } },
+//!     { "hosts": ["build-cache.internal:5000"], "insecure": true,
+//!       "credentials": { "anonymous": {} } }
+//!   ],
+//!   "allowAnyRegistry": false,
+//!   "defaultPlatform": { "os": "linux", "architecture": "amd64" },
+//!   "requestTimeout": "30s",
+//!   "maximumRetries": 4,
+//!   "initialRetryDelay": "0.5s"
+//! }
+//! ```
+//!
+//! Hosts are compared case-insensitively, with the port (`host:5000` is not `host`); Docker
+//! Hub is `docker.io` (`index.docker.io` and `registry-1.docker.io` mean the same). Loopback
+//! hosts (`localhost`, `127.0.0.0/8`, `[::1]`) always speak plain HTTP, as Docker does.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::platform::Platform;
+use super::reference::validate_host;
+use crate::config::protojson;
+
+/// Registry access, as configured.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryConfiguration {
+    /// Registries that may be contacted, with their settings. Recommended: list every
+    /// registry your images come from, with pull-only credentials.
+    #[serde(default)]
+    pub registries: Vec<RegistryHostsConfiguration>,
+    /// Contact hosts that are not listed (anonymously, TLS except loopback). Default false:
+    /// a service must not fetch from arbitrary hosts a client names. The CLI sets it true.
+    #[serde(default)]
+    pub allow_any_registry: bool,
+    /// The platform chosen from multi-platform images when an action names no `ISA`.
+    /// Default linux/amd64.
+    #[serde(default)]
+    pub default_platform: Platform,
+    /// Deadline of one request: a manifest or config fetch, or opening a blob stream (and,
+    /// while a blob streams, the longest wait for more bytes). Recommended: "30s".
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "protojson::duration"
+    )]
+    pub request_timeout: Duration,
+    /// How often a failed request is retried (5xx, 429, connection errors, timeouts) with
+    /// exponential backoff. Default 4. A blob stream that breaks after it started is not
+    /// retried here: the caller retries the whole layer.
+    #[serde(default = "default_maximum_retries")]
+    pub maximum_retries: u32,
+    /// Delay before the first retry; each further retry waits twice as long (with jitter),
+    /// at most 30 s. Default "0.5s".
+    #[serde(
+        default = "default_initial_retry_delay",
+        deserialize_with = "protojson::duration"
+    )]
+    pub initial_retry_delay: Duration,
+}
+
+impl Default for RegistryConfiguration {
+    fn default() -> Self {
+        Self {
+            registries: Vec::new(),
+            allow_any_registry: false,
+            default_platform: Platform::default(),
+            request_timeout: default_request_timeout(),
+            maximum_retries: default_maximum_retries(),
+            initial_retry_delay: default_initial_retry_delay(),
+        }
+    }
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_maximum_retries() -> u32 {
+    4
+}
+
+fn default_initial_retry_delay() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// Settings shared by a group of registry hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryHostsConfiguration {
+    /// Hosts (with port, if not the default) these settings apply to.
+    pub hosts: Vec<String>,
+    /// Speak plain HTTP instead of HTTPS. Loopback hosts always use plain HTTP.
+    #[serde(default)]
+    pub insecure: bool,
+    /// How to authenticate. Default anonymous.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// Hosts tried, in order, before the registry itself. A mirror uses the settings of its
+    /// own entry if it is listed in `hosts` of some entry, else anonymous access (plain HTTP
+    /// on loopback). Mirrors need not be listed to be contacted.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+/// How to authenticate to a registry (a oneof: exactly one key).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Credentials {
+    /// No credentials: `{ "anonymous": {} }`.
+    Anonymous {},
+    /// HTTP basic credentials, also used to obtain bearer tokens.
+    Basic(BasicCredentials),
+    /// A Docker `config.json`, read at startup; its `auths` entry for the host is used.
+    DockerConfigPath(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous {} => f.write_str("Anonymous"),
+            Credentials::Basic(b) => f
+                .debug_struct("Basic")
+                .field("username", &b.username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::DockerConfigPath(p) => f.debug_tuple("DockerConfigPath").field(p).finish(),
+        }
+    }
+}
+
+/// A user name and password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicCredentials {
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
+impl RegistryConfiguration {
+    /// Checks what the types cannot express. Messages name the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, entry) in self.registries.iter().enumerate() {
+            if entry.hosts.is_empty() {
+                return Err(format!(
+                    "registries[{i}].hosts: at least one host is required"
+                ));
+            }
+            for (j, host) in entry.hosts.iter().enumerate() {
+                validate_host(host).map_err(|e| format!("registries[{i}].hosts[{j}]: {e}"))?;
+                if !seen.insert(normalize_host(host)) {
+                    return Err(format!(
+                        "registries[{i}].hosts[{j}]: host {host:?} is listed more than once"
+                    ));
+                }
+            }
+            for (j, host) in entry.mirrors.iter().enumerate() {
+                validate_host(host).map_err(|e| format!("registries[{i}].mirrors[{j}]: {e}"))?;
+            }
+            if let Some(Credentials::Basic(b)) = &entry.credentials {
+                if b.username.is_empty() {
+                    return Err(format!(
+                        "registries[{i}].credentials.basic.username: must not be empty"
+                    ));
+                }
+            }
+            if let Some(Credentials::DockerConfigPath(p)) = &entry.credentials {
+                if p.is_empty() {
+                    return Err(format!(
+                        "registries[{i}].credentials.dockerConfigPath: must not be empty"
+                    ));
+                }
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return Err("requestTimeout: must be positive".into());
+        }
+        if self.maximum_retries > 20 {
+            return Err(format!(
+                "maximumRetries: {} is more than 20",
+                self.maximum_retries
+            ));
+        }
+        let p = &self.default_platform;
+        if p.os.is_empty() || p.architecture.is_empty() {
+            return Err("defaultPlatform: os and architecture are required".into());
+        }
+        p.check_supported()
+            .map_err(|e| format!("defaultPlatform: {}", e.message()))?;
+        Ok(())
+    }
+
+    /// The entry listing `host`, if any.
+    pub fn entry_for(&self, host: &str) -> Option<&RegistryHostsConfiguration> {
+        let host = normalize_host(host);
+        self.registries
+            .iter()
+            .find(|e| e.hosts.iter().any(|h| normalize_host(h) == host))
+    }
+}
+
+/// Lowercase; Docker Hub's aliases become `docker.io`.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".to_owned(),
+        _ => host,
+    }
+}
+
+/// Whether `host` (`name[:port]`) is a loopback address or `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<RegistryConfiguration, String> {
+        let c: RegistryConfiguration = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("{}").unwrap();
+        assert!(c.registries.is_empty());
+        assert!(!c.allow_any_registry);
+        assert_eq!(c.default_platform, Platform::new("linux", "amd64", ""));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.maximum_retries, 4);
+        assert_eq!(c.initial_retry_delay, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            r#"{
+              "registries": [
+                {"hosts": ["Registry.Example.com", "registry.example.com:5000"],
+                 "credentials": {"basic": {"username": "puller", "password": "hunter2"}},
+                 "mirrors": ["mirror.example.com"]},
+                {"hosts": ["index.docker.io"], "credentials": {"dockerConfigPath": "/secrets/config.json"}},
+                {"hosts": ["cache.internal:5000"], "insecure": true, "credentials": {"anonymous": {}}}
+              ],
+              "allowAnyRegistry": true,
+              "defaultPlatform": {"os": "linux", "architecture": "arm64", "variant": "v8"},
+              "requestTimeout": "1.5s",
+              "maximumRetries": 2,
+              "initialRetryDelay": "0.1s"
+            }"#,
+        )
+        .unwrap();
+        assert!(c.allow_any_registry);
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.maximum_retries, 2);
+        assert_eq!(c.default_platform.variant, "v8");
+        let e = c.entry_for("registry.example.com").unwrap();
+        assert_eq!(e.mirrors, vec!["mirror.example.com"]);
+        assert_eq!(
+            e.credentials,
+            Some(Credentials::Basic(BasicCredentials {
+                username: "puller".into(),
+                password: "hunter2".into()
+            }))
+        );
+        assert!(c.entry_for("docker.io").is_some());
+        assert!(c.entry_for("registry-1.docker.io").is_some());
+        assert!(c.entry_for("cache.internal:5000").unwrap().insecure);
+        assert!(c.entry_for("cache.internal").is_none());
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        for json in [
+            r#"{"registry": []}"#,
+            r#"{"registries": [{"hosts": ["a.b"], "tls": true}]}"#,
+            r#"{"registries": [{"hosts": ["a.b"], "credentials": {"basic": {"username": "u", "password": "p", "x": 1}}}]}"#,
+            r#"{"registries": [{"hosts": ["a.b"], "credentials": {"anonymous": {"x": 1}}}]}"#,
+            r#"{"defaultPlatform": {"os": "linux", "architecture": "amd64", "osVersion": "1"}}"#,
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains("unknown"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn credentials_oneof_has_exactly_one_key() {
+        for json in [
+            r#"{"registries": [{"hosts": ["a.b"], "credentials": {}}]}"#,
+            r#"{"registries": [{"hosts": ["a.b"], "credentials": {"anonymous": {}, "dockerConfigPath": "/x"}}]}"#,
+            r#"{"registries": [{"hosts": ["a.b"], "credentials": {"kerberos": {}}}]}"#,
+        ] {
+            assert!(parse(json).is_err(), "{json}");
+        }
+        let c = parse(r#"{"registries": [{"hosts": ["a.b"]}]}"#).unwrap();
+        assert_eq!(c.registries[0].credentials, None);
+    }
+
+    #[test]
+    fn validation() {
+        for (json, needle) in [
+            (r#"{"registries": [{"hosts": []}]}"#, "at least one host"),
+            (
+                r#"{"registries": [{"hosts": ["bad host"]}]}"#,
+                "registries[0].hosts[0]",
+            ),
+            (
+                r#"{"registries": [{"hosts": ["a.b"]}, {"hosts": ["A.B"]}]}"#,
+                "more than once",
+            ),
+            (
+                r#"{"registries": [{"hosts": ["a.b"], "mirrors": ["x:y"]}]}"#,
+                "mirrors[0]",
+            ),
+            (r#"{"requestTimeout": "0s"}"#, "requestTimeout"),
+            (r#"{"requestTimeout": "30"}"#, "duration"),
+            (r#"{"maximumRetries": 99}"#, "maximumRetries"),
+            (
+                r#"{"defaultPlatform": {"os": "windows", "architecture": "amd64"}}"#,
+                "Windows",
+            ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "[::2]:5000",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+}
