@@ -1,0 +1,334 @@
+//! Merging trees that are in the CAS, loading `Directory` messages lazily (layers.md
+//! §6, L-90…L-95): only directories where both trees have content, and those on the
+//! path to the mount point, are read and written again; every other subtree keeps its
+//! digest, so the work does not grow with the size of the image.
+//!
+//! - [`graft`]: an action's input root `R` into an image tree `I` at a mount path `P`.
+//!   The merge is a final overlay: no whiteouts, no symlink following. Directories
+//!   merge recursively; for any other clash the [`MergePolicy`] decides.
+//! - [`merge`]: the same at the root, for any two trees (`lower`, `upper`).
+//! - [`stack_images`]: several whole image trees, each later one over the earlier
+//!   ones, with [`MergePolicy::InputWins`]: directories merge, and for every other clash
+//!   (leaf/leaf, directory/leaf either way) the later image's node replaces the
+//!   earlier one's. Unlike a layer, a later image cannot remove anything, and its
+//!   paths are not resolved through the earlier image's symlinks.
+
+use super::directory_source::DirectorySource;
+use super::error::tree_error;
+use super::remote_directory::{
+    canonical, client_path_parts, directory_digest, entries, join, Entry,
+};
+use crate::digest::DigestFunction;
+use crate::proto::reapi;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use tonic::Status;
+
+/// What to do when the two trees have different nodes at the same path (other than
+/// two directories, which always merge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MergePolicy {
+    /// Identical leaves (same kind, content and exec bit, or symlink target) are
+    /// accepted; any other clash is an `InputRootConflict` error (L-90 default).
+    #[default]
+    Strict,
+    /// The input's (upper tree's) node replaces the image's (lower tree's) node.
+    InputWins,
+}
+
+#[derive(Clone, Debug)]
+pub struct MergeOptions {
+    pub policy: MergePolicy,
+    /// Largest permitted `Directory` message (L-85); larger → `DirectoryTooLarge`.
+    pub max_message_size: usize,
+}
+
+/// The result of a merge.
+#[derive(Clone, Debug)]
+pub struct MergedTree {
+    pub root: reapi::Digest,
+    /// The `Directory` messages the merge wrote (distinct, non-empty, children before
+    /// parents). Everything else the new root refers to was already in the trees.
+    pub directories: Vec<(reapi::Digest, Bytes)>,
+}
+
+/// Grafts the input root `input_root` into the image tree `image_root` at
+/// `mount_path` (a relative path; "" = the root), per L-90…L-92 and L-95.
+///
+/// Each parent part of the mount path must be missing (it is created) or a directory
+/// in the image: a symlink → `MountPathThroughSymlink`, a file →
+/// `MountPathNotADirectory`. The mount path itself must be missing or a directory.
+pub async fn graft(
+    source: &dyn DirectorySource,
+    image_root: &reapi::Digest,
+    input_root: &reapi::Digest,
+    mount_path: &str,
+    options: &MergeOptions,
+) -> Result<MergedTree, Status> {
+    let parts = client_path_parts(mount_path, "mount path")?;
+    let merger = Merger::new(source, options);
+    let root = merger
+        .graft_at(Some(image_root.clone()), &parts, 0, input_root)
+        .await?;
+    Ok(merger.finish(root))
+}
+
+/// Merges `upper` over `lower` at the root, per `options.policy`.
+pub async fn merge(
+    source: &dyn DirectorySource,
+    lower: &reapi::Digest,
+    upper: &reapi::Digest,
+    options: &MergeOptions,
+) -> Result<MergedTree, Status> {
+    graft(source, lower, upper, "", options).await
+}
+
+/// Stacks image trees, the first one lowest, with [`MergePolicy::InputWins`] (see the
+/// module documentation). No trees give the empty tree.
+pub async fn stack_images(
+    source: &dyn DirectorySource,
+    images: &[reapi::Digest],
+    max_message_size: usize,
+) -> Result<MergedTree, Status> {
+    let options = MergeOptions {
+        policy: MergePolicy::InputWins,
+        max_message_size,
+    };
+    let merger = Merger::new(source, &options);
+    let Some((first, rest)) = images.split_first() else {
+        return Ok(MergedTree {
+            root: source.digest_function().empty_digest(),
+            directories: Vec::new(),
+        });
+    };
+    let mut root = first.clone();
+    for upper in rest {
+        root = merger
+            .merge_directories(root, upper.clone(), String::new())
+            .await?;
+    }
+    let mut merged = merger.finish(root);
+    // Drop what intermediate results wrote and the final tree no longer uses.
+    let mut written: HashMap<reapi::Digest, Bytes> = merged.directories.drain(..).collect();
+    let mut reachable = Vec::new();
+    let mut stack = vec![merged.root.clone()];
+    while let Some(digest) = stack.pop() {
+        if let Some(bytes) = written.remove(&digest) {
+            let message = reapi::Directory::decode(bytes.clone()).map_err(|e| {
+                Status::internal(format!("Failed to decode a merged Directory: {e}"))
+            })?;
+            stack.extend(message.directories.into_iter().filter_map(|d| d.digest));
+            reachable.push((digest, bytes));
+        }
+    }
+    reachable.reverse();
+    merged.directories = reachable;
+    Ok(merged)
+}
+
+struct Merger<'a> {
+    source: &'a dyn DirectorySource,
+    policy: MergePolicy,
+    max_message_size: usize,
+    function: DigestFunction,
+    written: Mutex<(HashSet<reapi::Digest>, Vec<(reapi::Digest, Bytes)>)>,
+}
+
+impl<'a> Merger<'a> {
+    fn new(source: &'a dyn DirectorySource, options: &MergeOptions) -> Self {
+        Self {
+            source,
+            policy: options.policy,
+            max_message_size: options.max_message_size,
+            function: source.digest_function(),
+            written: Mutex::new(Default::default()),
+        }
+    }
+
+    fn finish(self, root: reapi::Digest) -> MergedTree {
+        MergedTree {
+            root,
+            directories: self.written.into_inner().1,
+        }
+    }
+
+    /// Encodes a new `Directory` (at `path`, for messages) and records it.
+    fn write(&self, directory: &reapi::Directory, path: &str) -> Result<reapi::Digest, Status> {
+        let bytes = Bytes::from(directory.encode_to_vec());
+        if bytes.len() > self.max_message_size {
+            return Err(tree_error(
+                "DirectoryTooLarge",
+                format!(
+                    "merged directory {:?} with {} children encodes to {} bytes, more than the maximum message size of {} bytes",
+                    display(path),
+                    directory.files.len() + directory.directories.len() + directory.symlinks.len(),
+                    bytes.len(),
+                    self.max_message_size
+                ),
+            ));
+        }
+        let digest = self.function.digest_of(&bytes);
+        if !bytes.is_empty() {
+            let mut written = self.written.lock();
+            if written.0.insert(digest.clone()) {
+                written.1.push((digest.clone(), bytes));
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Walks down the image along the mount path (`dir` is `None` where the image has
+    /// nothing), grafts the input root at its end and writes the directories on the way
+    /// up again.
+    fn graft_at<'s>(
+        &'s self,
+        dir: Option<reapi::Digest>,
+        parts: &'s [&'s str],
+        depth: usize,
+        input_root: &'s reapi::Digest,
+    ) -> BoxFuture<'s, Result<reapi::Digest, Status>> {
+        async move {
+            let here = parts[..depth].join("/");
+            if depth == parts.len() {
+                return match dir {
+                    None => Ok(input_root.clone()),
+                    Some(image) => {
+                        self.merge_directories(image, input_root.clone(), here)
+                            .await
+                    }
+                };
+            }
+            let name = parts[depth];
+            let (mut children, node_properties) = match &dir {
+                None => (Default::default(), None),
+                Some(digest) => {
+                    let message = self.source.get_directory(digest).await?;
+                    (
+                        entries(&message, &display(&here))?,
+                        message.node_properties.clone(),
+                    )
+                }
+            };
+            let child = match children.get(name) {
+                None => None,
+                Some(Entry::Directory(d)) => Some(directory_digest(d, &join(&here, name))?.clone()),
+                Some(other) => {
+                    let last = depth + 1 == parts.len();
+                    let error = if !last && matches!(other, Entry::Symlink(_)) {
+                        "MountPathThroughSymlink"
+                    } else {
+                        "MountPathNotADirectory"
+                    };
+                    return Err(tree_error(
+                        error,
+                        format!(
+                            "mount path {:?}: {:?} is a {} in the image",
+                            parts.join("/"),
+                            join(&here, name),
+                            other.kind()
+                        ),
+                    ));
+                }
+            };
+            let grafted = self.graft_at(child, parts, depth + 1, input_root).await?;
+            children.insert(
+                name.to_owned(),
+                Entry::Directory(reapi::DirectoryNode {
+                    name: name.to_owned(),
+                    digest: Some(grafted),
+                }),
+            );
+            self.write(&canonical(children, node_properties), &here)
+        }
+        .boxed()
+    }
+
+    /// Merges directory `upper` into directory `lower` (at `path`).
+    fn merge_directories(
+        &self,
+        lower: reapi::Digest,
+        upper: reapi::Digest,
+        path: String,
+    ) -> BoxFuture<'_, Result<reapi::Digest, Status>> {
+        async move {
+            if lower == upper || upper.size_bytes == 0 {
+                return Ok(lower);
+            }
+            if lower.size_bytes == 0 {
+                return Ok(upper);
+            }
+            let (lower_message, upper_message) = futures::try_join!(
+                self.source.get_directory(&lower),
+                self.source.get_directory(&upper)
+            )?;
+            let mut children = entries(&lower_message, &display(&path))?;
+            let mut subdirectories = Vec::new();
+            for (name, upper_entry) in entries(&upper_message, &display(&path))? {
+                let Some(lower_entry) = children.get(&name) else {
+                    children.insert(name, upper_entry);
+                    continue;
+                };
+                match (lower_entry, &upper_entry) {
+                    (Entry::Directory(l), Entry::Directory(u)) => {
+                        let child_path = join(&path, &name);
+                        let l = directory_digest(l, &child_path)?.clone();
+                        let u = directory_digest(u, &child_path)?.clone();
+                        subdirectories.push((name, l, u));
+                    }
+                    (l, u) if l.same_leaf(u) || self.policy == MergePolicy::InputWins => {
+                        children.insert(name, upper_entry);
+                    }
+                    (l, u) => {
+                        return Err(tree_error(
+                            "InputRootConflict",
+                            format!(
+                                "{:?}: the image has a {} and the input root has a {}",
+                                join(&path, &name),
+                                l.kind(),
+                                u.kind()
+                            ),
+                        ))
+                    }
+                }
+            }
+            // All subdirectories are merged concurrently; the first error in name order
+            // is reported, so that errors do not depend on timing.
+            let merged =
+                futures::future::join_all(subdirectories.into_iter().map(|(name, l, u)| {
+                    let child_path = join(&path, &name);
+                    self.merge_directories(l, u, child_path)
+                        .map(move |result| result.map(|digest| (name, digest)))
+                }))
+                .await;
+            for result in merged {
+                let (name, digest) = result?;
+                children.insert(
+                    name.clone(),
+                    Entry::Directory(reapi::DirectoryNode {
+                        name,
+                        digest: Some(digest),
+                    }),
+                );
+            }
+            let node_properties = upper_message
+                .node_properties
+                .clone()
+                .or_else(|| lower_message.node_properties.clone());
+            self.write(&canonical(children, node_properties), &path)
+        }
+        .boxed()
+    }
+}
+
+/// A path for messages; the root is ".".
+fn display(path: &str) -> String {
+    if path.is_empty() {
+        ".".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
