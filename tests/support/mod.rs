@@ -1,0 +1,57 @@
+//! Test harness shared by integration tests: real peers on 127.0.0.1 only.
+//!
+//! - [`registry_server::RegistryServer`]: a real CNCF Distribution registry (Debian package
+//!   `docker-registry`) on a free loopback port with a temporary storage directory, plain,
+//!   with htpasswd basic auth, or with Docker-style bearer tokens issued by
+//!   [`token_server::TokenServer`]; killed on drop.
+//! - [`images`]: small OCI / Docker images built in memory (tar layers, gzip, zstd or
+//!   uncompressed; OCI indexes and Docker manifest lists) and pushed byte-exact.
+//! - [`fake_http::FakeHttpServer`]: a scriptable HTTP/1.1 server for faults a real registry
+//!   will not produce (5xx, connections dropped mid-body).
+//!
+//! Use from a test crate with `mod support;`. Needs the Debian packages `docker-registry`,
+//! `apache2-utils` (htpasswd) and `openssl`; a missing one fails the test with the install
+//! command, it is never skipped.
+
+#![allow(dead_code)]
+
+pub mod fake_http;
+pub mod images;
+pub mod registry_server;
+pub mod token_server;
+
+use std::path::Path;
+
+/// The command that installs what this harness needs (CI runs it).
+pub const INSTALL_HINT: &str =
+    "apt-get update && apt-get install -y docker-registry apache2-utils openssl";
+
+/// Panics with the install command if `program` is missing.
+pub fn require_program(program: &str, package: &str) {
+    let found = if program.contains('/') {
+        Path::new(program).exists()
+    } else {
+        std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(program).exists())
+        })
+    };
+    assert!(
+        found,
+        "{program} (Debian package {package}) is not installed; these integration tests need \
+         it. Run: {INSTALL_HINT}"
+    );
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
