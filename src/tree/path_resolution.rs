@@ -175,6 +175,11 @@ mod tests {
             resolve_directory(&t, &["usr", "new", "deeper"]).unwrap(),
             real(&["usr", "new", "deeper"], 1)
         );
+        // `..` after a missing part goes back to where it was.
+        assert_eq!(
+            resolve_directory(&t, &["usr", "new", "..", "lib"]).unwrap(),
+            real(&["usr", "lib"], 2)
+        );
     }
 
     #[test]
