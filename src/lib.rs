@@ -15,6 +15,7 @@
 //! - [`tree`]: in-memory Merkle trees, applying changesets, canonical encoding;
 //! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
 
+pub mod action;
 pub mod blobstore;
 pub mod cli;
 pub mod config;

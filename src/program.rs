@@ -1,7 +1,16 @@
 //! The service's main routine (bb-storage's `cmd/bb_storage/main.go` skeleton):
-//! configuration → blob stores → clients → gRPC servers and the diagnostics HTTP server
-//! → ready, until SIGTERM or SIGINT, then a graceful stop.
+//! configuration → blob stores → registry, expander and rewriter → clients → gRPC
+//! servers and the diagnostics HTTP server → ready, until SIGTERM or SIGINT, then a
+//! graceful stop. This is the one place where the tower stack of each server is
+//! assembled (see `grpc::server`) and where the services are chosen:
+//!
+//! - proxy mode (`scheduler` set): `Execution` (rewriting actions that name an image)
+//!   and `Capabilities`, forwarded to bb_scheduler;
+//! - router mode (always): `buildbarn.remoteactionrouter.ActionRouter`;
+//! - `grpc.health.v1.Health`.
 
+use crate::action::results::ResultMapper;
+use crate::action::ActionRewriter;
 use crate::blobstore::configuration::{
     new_action_cache_from_configuration, new_content_addressable_storage_from_configuration,
 };
@@ -9,38 +18,80 @@ use crate::config::ApplicationConfiguration;
 use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
+use crate::image::{DirectoryCache, ImageExpander};
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
-use crate::service::{CapabilitiesProxy, ExecutionProxy};
+use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
+use crate::registry::OciRegistry;
+use crate::service::{CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution};
 use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
 /// Everything the process serves, built from the configuration but not yet listening.
 pub struct Program {
     config: ApplicationConfiguration,
-    execution: ExecutionProxy,
-    capabilities: CapabilitiesProxy,
+    execution: Option<(ExpandingExecution, CapabilitiesProxy)>,
+    router: Arc<ExpandingActionRouter>,
+    rewriter: Arc<ActionRewriter>,
 }
 
 impl Program {
     /// Creates the backends and clients. Connections are made lazily.
     pub fn from_configuration(config: ApplicationConfiguration) -> Result<Self, String> {
         let maximum_message_size = config.maximum_message_size_bytes as usize;
-        let _cas = new_content_addressable_storage_from_configuration(
+        let cas = new_content_addressable_storage_from_configuration(
             &config.blobstore.content_addressable_storage,
             maximum_message_size,
         )
         .map_err(|e| format!("Failed to create Content Addressable Storage: {e}"))?;
-        let _ac = new_action_cache_from_configuration(&config.blobstore.action_cache)
+        let ac = new_action_cache_from_configuration(&config.blobstore.action_cache)
             .map_err(|e| format!("Failed to create Action Cache: {e}"))?;
-        let scheduler = new_channel_from_configuration(&config.scheduler)
-            .map_err(|e| format!("Failed to create scheduler client: {e}"))?;
+        let images = &config.container_images;
+        let registry = OciRegistry::new(images.registry_configuration())
+            .map_err(|s| format!("Failed to create registry client: {}", s.message()))?;
+        let expander = ImageExpander::new(
+            Arc::new(registry),
+            cas.clone(),
+            ac.clone(),
+            images.expander_options(maximum_message_size),
+        );
+        let directories = DirectoryCache::new(images.directory_cache_size_bytes.unwrap_or(256 << 20));
+        let rewriter = Arc::new(ActionRewriter::new(
+            expander,
+            directories,
+            images.rewrite_options(maximum_message_size),
+        ));
+        let execution = match &config.scheduler {
+            Some(scheduler) => {
+                let channel = new_channel_from_configuration(scheduler)
+                    .map_err(|e| format!("Failed to create scheduler client: {e}"))?;
+                let results = Arc::new(ResultMapper::new(cas, ac, images.write_back_results));
+                Some((
+                    ExpandingExecution::new(
+                        ExecutionProxy::new(channel.clone(), maximum_message_size),
+                        rewriter.clone(),
+                        results,
+                        images.keepalive_interval.unwrap_or(Duration::from_secs(5)),
+                    ),
+                    CapabilitiesProxy::new(channel),
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
-            execution: ExecutionProxy::new(scheduler.clone(), maximum_message_size),
-            capabilities: CapabilitiesProxy::new(scheduler),
+            router: Arc::new(ExpandingActionRouter::new(rewriter.clone())),
+            rewriter,
+            execution,
             config,
         })
+    }
+
+    /// The rewriter (for jobs that run beside the servers, and tests).
+    pub fn rewriter(&self) -> &Arc<ActionRewriter> {
+        &self.rewriter
     }
 
     /// Binds every listener, then serves until `shutdown` becomes true.
@@ -56,16 +107,24 @@ impl Program {
                 0 => 4 * 1024 * 1024,
                 n => n as usize,
             };
-            Routes::new(health_service.clone())
-                .add_service(
-                    ExecutionServer::new(self.execution.clone())
-                        .max_decoding_message_size(max_received)
-                        .max_encoding_message_size(maximum_message_size.max(4 << 20)),
-                )
-                .add_service(
-                    CapabilitiesServer::new(self.capabilities.clone())
-                        .max_decoding_message_size(max_received),
-                )
+            let mut routes = Routes::new(health_service.clone()).add_service(
+                ActionRouterServer::from_arc(self.router.clone())
+                    .max_decoding_message_size(max_received)
+                    .max_encoding_message_size(maximum_message_size.max(4 << 20)),
+            );
+            if let Some((execution, capabilities)) = &self.execution {
+                routes = routes
+                    .add_service(
+                        ExecutionServer::new(execution.clone())
+                            .max_decoding_message_size(max_received)
+                            .max_encoding_message_size(maximum_message_size.max(4 << 20)),
+                    )
+                    .add_service(
+                        CapabilitiesServer::new(capabilities.clone())
+                            .max_decoding_message_size(max_received),
+                    );
+            }
+            routes
         };
         let mut servers: Vec<BoxFuture<'static, Result<(), String>>> =
             bind_servers(&self.config.grpc_servers, &routes, shutdown.clone()).await?;

@@ -18,3 +18,9 @@ pub mod remoteactionrouter {
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/buildbarn.remoteactionrouter.rs"));
 }
+
+/// google.rpc error details REAPI uses (PreconditionFailure for missing blobs).
+pub mod error_details {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+}

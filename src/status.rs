@@ -37,6 +37,62 @@ pub fn from_io(err: std::io::Error, context: impl std::fmt::Display) -> Status {
     Status::internal(format!("{context}: {err}"))
 }
 
+/// FAILED_PRECONDITION for blobs that are not in the CAS, with REAPI's
+/// `PreconditionFailure` (violations of type "MISSING", subject "blobs/{hash}/{size}")
+/// in the details, so that clients know to upload them again.
+pub fn missing_blobs(
+    message: impl Into<String>,
+    digests: &[crate::proto::reapi::Digest],
+) -> Status {
+    use crate::proto::error_details::{precondition_failure::Violation, PreconditionFailure};
+    use prost::Message;
+    let failure = PreconditionFailure {
+        violations: digests
+            .iter()
+            .map(|d| Violation {
+                r#type: "MISSING".into(),
+                subject: format!("blobs/{}/{}", d.hash, d.size_bytes),
+                description: String::new(),
+            })
+            .collect(),
+    };
+    let message = message.into();
+    let details = crate::proto::rpc::Status {
+        code: Code::FailedPrecondition as i32,
+        message: message.clone(),
+        details: vec![crate::proto::protobuf::Any {
+            type_url: "type.googleapis.com/google.rpc.PreconditionFailure".into(),
+            value: failure.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        Code::FailedPrecondition,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
+/// The digests a status reports missing through a `PreconditionFailure`, if any.
+pub fn missing_blobs_of(status: &Status) -> Vec<String> {
+    use crate::proto::error_details::PreconditionFailure;
+    use prost::Message;
+    if status.code() != Code::FailedPrecondition {
+        return Vec::new();
+    }
+    let Ok(details) = crate::proto::rpc::Status::decode(status.details()) else {
+        return Vec::new();
+    };
+    details
+        .details
+        .iter()
+        .filter(|any| any.type_url.ends_with("/google.rpc.PreconditionFailure"))
+        .filter_map(|any| PreconditionFailure::decode(any.value.as_slice()).ok())
+        .flat_map(|f| f.violations)
+        .filter(|v| v.r#type == "MISSING")
+        .map(|v| v.subject)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +102,14 @@ mod tests {
         let s = wrap(Status::not_found("Blob not found"), "Failed to read Command");
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "Failed to read Command: Blob not found");
+    }
+
+    #[test]
+    fn missing_blobs_round_trip() {
+        let d = crate::digest::DigestFunction::Sha256.digest_of(b"x");
+        let s = missing_blobs("Action not found", std::slice::from_ref(&d));
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(missing_blobs_of(&s), vec![format!("blobs/{}/1", d.hash)]);
     }
 
     #[test]

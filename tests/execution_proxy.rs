@@ -1,7 +1,10 @@
 //! The pass-through proxy end to end: a client → the expander (real configuration,
 //! real servers) → an in-process fake scheduler.
 
+use bb_container_expander::blobstore::{put_message, Instance};
 use bb_container_expander::config::{self, ApplicationConfiguration};
+use bb_container_expander::digest::{encode_message, DigestFunction};
+use bb_container_expander::testutil::BlobstoreServer;
 use bb_container_expander::diagnostics::Readiness;
 use bb_container_expander::program::Program;
 use bb_container_expander::proto::reapi;
@@ -26,6 +29,7 @@ fn free_port() -> u16 {
 struct Expander {
     grpc: String,
     http: String,
+    storage: BlobstoreServer,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), String>>,
 }
@@ -33,6 +37,8 @@ struct Expander {
 impl Expander {
     async fn start(scheduler: &str, extra: &str) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
+        let storage = BlobstoreServer::start_in_memory().await;
+        let storage_address = storage.address();
         let text = format!(
             r#"{{
               global: {{ diagnosticsHttpServer: {{
@@ -41,8 +47,8 @@ impl Expander {
               }} }},
               grpcServers: [{{ listenAddresses: ['127.0.0.1:{grpc_port}'], authenticationPolicy: {{ allow: {{}} }} }}],
               blobstore: {{
-                contentAddressableStorage: {{ memory: {{ maximumSizeBytes: 1 << 20 }} }},
-                actionCache: {{ memory: {{ maximumSizeBytes: 1 << 20 }} }},
+                contentAddressableStorage: {{ grpc: {{ client: {{ address: '{storage_address}' }} }} }},
+                actionCache: {{ grpc: {{ client: {{ address: '{storage_address}' }} }} }},
               }},
               scheduler: {{
                 address: '{scheduler}',
@@ -65,6 +71,7 @@ impl Expander {
         Self {
             grpc: format!("http://127.0.0.1:{grpc_port}"),
             http: format!("127.0.0.1:{http_port}"),
+            storage,
             shutdown,
             task,
         }
@@ -84,15 +91,38 @@ impl Expander {
     }
 }
 
+/// An action without `container-image`, stored in the expander's CAS.
+fn action() -> reapi::Action {
+    reapi::Action {
+        command_digest: Some(DigestFunction::Sha256.digest_of(b"command")),
+        input_root_digest: Some(DigestFunction::Sha256.empty_digest()),
+        platform: Some(reapi::Platform {
+            properties: vec![reapi::platform::Property {
+                name: "OSFamily".into(),
+                value: "linux".into(),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
 fn execute_request() -> reapi::ExecuteRequest {
+    let (digest, _) = encode_message(DigestFunction::Sha256, &action());
     reapi::ExecuteRequest {
         instance_name: "hello".into(),
-        action_digest: Some(reapi::Digest {
-            hash: "a".repeat(64),
-            size_bytes: 42,
-        }),
+        action_digest: Some(digest),
         skip_cache_lookup: true,
         ..Default::default()
+    }
+}
+
+impl Expander {
+    /// Stores the test action where the expander reads it.
+    async fn store_action(&self) {
+        let instance = Instance::new("hello", DigestFunction::Sha256);
+        put_message(&*self.storage.cas(), &instance, &action())
+            .await
+            .unwrap();
     }
 }
 
@@ -100,6 +130,7 @@ fn execute_request() -> reapi::ExecuteRequest {
 async fn execute_relays_operations_in_order_with_names_untouched() {
     let scheduler = FakeScheduler::start(Script::default()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
+    expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
     let mut request = tonic::Request::new(execute_request());
     request
@@ -129,6 +160,7 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
 async fn wait_execution_and_get_capabilities_are_forwarded() {
     let scheduler = FakeScheduler::start(Script::default()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
+    expander.store_action().await;
     let channel = expander.channel().await;
     let mut client = ExecutionClient::new(channel.clone());
     let stream = client
@@ -160,6 +192,7 @@ async fn client_cancel_cancels_the_upstream_stream() {
     })
     .await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
+    expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
     let mut stream = client.execute(execute_request()).await.unwrap().into_inner();
     assert_eq!(stream.next().await.unwrap().unwrap().name, "operation-1");
@@ -174,8 +207,9 @@ async fn client_cancel_cancels_the_upstream_stream() {
 async fn unreachable_scheduler_yields_unavailable() {
     let address = format!("127.0.0.1:{}", free_port());
     let expander = Expander::start(&address, "{}").await;
+    expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
-    let status = client.execute(execute_request()).await.unwrap_err();
+    let status = first_error(client.execute(execute_request()).await).await;
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(
         status
@@ -194,6 +228,7 @@ async fn scheduler_dying_mid_stream_yields_unavailable() {
     })
     .await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
+    expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
     let mut stream = client.execute(execute_request()).await.unwrap().into_inner();
     for _ in 0..3 {
@@ -213,6 +248,7 @@ async fn deny_policy_refuses_calls() {
         "{ grpcServers: [super.grpcServers[0] { authenticationPolicy: { deny: 'Closed for maintenance' } }] }",
     )
     .await;
+    expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
     let status = client.execute(execute_request()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
@@ -225,6 +261,7 @@ async fn deny_policy_refuses_calls() {
 async fn health_and_metrics() {
     let scheduler = FakeScheduler::start(Script::default()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
+    expander.store_action().await;
     let channel = expander.channel().await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {
@@ -271,6 +308,7 @@ async fn serves_on_unix_sockets() {
         ),
     )
     .await;
+    expander.store_action().await;
     // Reach the expander over the socket with our own client factory.
     let client_config = bb_container_expander::config::grpc::ClientConfiguration {
         address: format!("unix://{}", socket.display()),
@@ -289,6 +327,22 @@ async fn serves_on_unix_sockets() {
         .await;
     assert_eq!(names.len(), 3);
     expander.stop().await;
+}
+
+/// The error of an Execute call, whether it came with the call or as the first
+/// message of the stream.
+async fn first_error(
+    result: Result<tonic::Response<tonic::Streaming<bb_container_expander::proto::longrunning::Operation>>, tonic::Status>,
+) -> tonic::Status {
+    match result {
+        Err(status) => status,
+        Ok(response) => response
+            .into_inner()
+            .next()
+            .await
+            .expect("a message")
+            .expect_err("an error"),
+    }
 }
 
 async fn http_get(address: &str, path: &str) -> String {

@@ -60,6 +60,75 @@ pub struct ContainerImagesConfiguration {
     /// Default: the system's temporary directory.
     #[serde(default)]
     pub spool_directory: Option<String>,
+    /// Size of the local cache of decoded Directory messages. Default: 256 MiB.
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub directory_cache_size_bytes: Option<u64>,
+
+    /// Platform property whose values are image references: a name, or a list of
+    /// names. Default: 'container-image'.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub platform_property_name: Option<Vec<String>>,
+    /// Where the client's input root goes inside the image: '' (the image root) or a
+    /// relative path such as 'bazel_exec_root', which the working directory is then
+    /// prefixed with. Default: ''. Recommended: a path the images do not use, which
+    /// avoids every clash between inputs and image content.
+    #[serde(default)]
+    pub input_root_directory: String,
+    /// What a clash between an input and the image at one path does: 'STRICT' (an
+    /// error naming the path; identical files are accepted) or 'INPUT_WINS' (the input
+    /// replaces the image's node). Directories always merge. Default: 'STRICT'.
+    #[serde(default)]
+    pub conflict_policy: ConflictPolicy,
+    /// Properties added to rewritten actions, e.g. a marker that the chroot workers
+    /// advertise. The result is sorted as bb_scheduler requires. Default: none.
+    #[serde(default)]
+    pub add_platform_properties: Vec<PlatformProperty>,
+    /// Refuse images without an executable /usr/bin/env, which bb_runner's
+    /// chrootIntoInputRoot mode executes commands through. Default: true.
+    #[serde(default = "default_true")]
+    pub require_usr_bin_env: bool,
+    /// Write successful results of rewritten actions to the Action Cache under the
+    /// client's action digest too, so the client's next GetActionResult hits.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub write_back_results: bool,
+    /// Interval of the operation updates sent to a client while its image is being
+    /// expanded. Default: '5s'.
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub keepalive_interval: Option<Duration>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `{ name, value }`, as in REAPI's Platform.Property.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformProperty {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConflictPolicy {
+    #[default]
+    Strict,
+    InputWins,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    }))
 }
 
 impl Default for ContainerImagesConfiguration {
@@ -116,8 +185,46 @@ impl ContainerImagesConfiguration {
         }
     }
 
+    /// How actions are rewritten.
+    pub fn rewrite_options(&self, maximum_message_size_bytes: usize) -> crate::action::RewriteOptions {
+        crate::action::RewriteOptions {
+            property_names: self
+                .platform_property_name
+                .clone()
+                .unwrap_or_else(|| vec!["container-image".into()]),
+            input_root_directory: self.input_root_directory.clone(),
+            conflict_policy: match self.conflict_policy {
+                ConflictPolicy::Strict => crate::tree::MergePolicy::Strict,
+                ConflictPolicy::InputWins => crate::tree::MergePolicy::InputWins,
+            },
+            add_platform_properties: self
+                .add_platform_properties
+                .iter()
+                .map(|p| crate::proto::reapi::platform::Property {
+                    name: p.name.clone(),
+                    value: p.value.clone(),
+                })
+                .collect(),
+            require_usr_bin_env: self.require_usr_bin_env,
+            maximum_message_size_bytes,
+            default_platform: self.default_platform.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.registry_configuration().validate()?;
+        if let Some(names) = &self.platform_property_name {
+            if names.is_empty() || names.iter().any(|n| n.is_empty()) {
+                return Err("platformPropertyName: names must not be empty".into());
+            }
+        }
+        let p = self.input_root_directory.trim_matches('/');
+        if p.split('/').any(|part| part == ".." || part == ".") {
+            return Err(format!(
+                "inputRootDirectory: {:?} must be a plain relative path",
+                self.input_root_directory
+            ));
+        }
         if self.maximum_concurrent_layer_ingests == Some(0) {
             return Err("maximumConcurrentLayerIngests: must be at least 1".into());
         }

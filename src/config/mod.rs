@@ -33,8 +33,10 @@ pub struct ApplicationConfiguration {
     pub maximum_message_size_bytes: u64,
     /// The CAS and Action Cache shared with the scheduler and workers.
     pub blobstore: blobstore::BlobstoreConfiguration,
-    /// The bb_scheduler that rewritten and passed-through actions are forwarded to.
-    pub scheduler: grpc::ClientConfiguration,
+    /// Proxy mode: the bb_scheduler that rewritten and passed-through actions are
+    /// forwarded to. When unset, only router mode (ActionRouter) is served.
+    #[serde(default)]
+    pub scheduler: Option<grpc::ClientConfiguration>,
     /// Registries, image expansion and its caches.
     #[serde(default)]
     pub container_images: container_images::ContainerImagesConfiguration,
@@ -57,8 +59,10 @@ impl ApplicationConfiguration {
                 ));
             }
         }
-        if self.scheduler.address.is_empty() {
-            return Err("scheduler.address: must not be empty".into());
+        if let Some(scheduler) = &self.scheduler {
+            if scheduler.address.is_empty() {
+                return Err("scheduler.address: must not be empty".into());
+            }
         }
         self.container_images
             .validate()

@@ -61,7 +61,7 @@ fn imports_resolve_relative_to_the_file() {
     );
     // Evaluate from another working directory than the file's.
     let c = load(&path).unwrap();
-    assert_eq!(c.scheduler.address, "from-import:8982");
+    assert_eq!(c.scheduler.unwrap().address, "from-import:8982");
 }
 
 #[test]

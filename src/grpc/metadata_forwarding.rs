@@ -30,6 +30,15 @@ pub async fn with_incoming_metadata<F: std::future::Future>(
     INCOMING_METADATA.scope(headers, future).await
 }
 
+/// Wraps `future` so that it runs with the incoming metadata of the current call, for
+/// work spawned as a task of its own while a call is handled.
+pub fn propagate<F: std::future::Future>(future: F) -> impl std::future::Future<Output = F::Output> {
+    let headers = INCOMING_METADATA
+        .try_with(|h| h.clone())
+        .unwrap_or_default();
+    INCOMING_METADATA.scope(headers, future)
+}
+
 /// Server layer: makes the incoming call's headers available to clients.
 #[derive(Clone, Default)]
 pub struct IncomingMetadataLayer;

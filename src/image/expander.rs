@@ -156,6 +156,14 @@ impl ImageExpander {
         &self.options
     }
 
+    /// Forgets what this process knows about tags and trees, so that the next use of
+    /// each is checked against the Action Cache and the CAS again (after the
+    /// scheduler reported blobs missing).
+    pub fn forget_local_caches(&self) {
+        self.tags.lock().clear();
+        self.trees.lock().clear();
+    }
+
     /// Expands `reference` (as written by the client) for `platform`.
     pub async fn expand(
         self: &Arc<Self>,

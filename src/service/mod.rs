@@ -1,9 +1,14 @@
 //! The gRPC front doors: `Execution` and `Capabilities` served to Buildbarn's frontend
-//! (proxy mode) and forwarded to bb_scheduler, and `grpc.health.v1.Health`.
+//! (proxy mode) and forwarded to bb_scheduler, `ActionRouter` served to bb_scheduler
+//! (router mode), and `grpc.health.v1.Health`.
 
+pub mod action_router;
 pub mod capabilities_proxy;
 pub mod execution_proxy;
+pub mod expanding_execution;
 pub mod upstream_status;
 
+pub use action_router::ExpandingActionRouter;
 pub use capabilities_proxy::CapabilitiesProxy;
 pub use execution_proxy::ExecutionProxy;
+pub use expanding_execution::ExpandingExecution;

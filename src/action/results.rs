@@ -1,0 +1,181 @@
+//! Results of rewritten actions, as the client must see them.
+//!
+//! The scheduler and worker know only the rewritten action. Each operation relayed to
+//! the client gets `ExecuteOperationMetadata.action_digest` mapped back to the client's
+//! digest; the final ActionResult gets the expansion's provenance in
+//! `ExecutedActionMetadata.auxiliary_metadata`; and a successful, cacheable result is
+//! written to the Action Cache under the client's digest too, so that its next
+//! GetActionResult hits (the worker wrote it under the rewritten digest only).
+//!
+//! The mapping rewritten → original is kept in memory and as an Action Cache record (a
+//! fake action of step `rewritten-action`, stored under the empty instance name because
+//! WaitExecution carries no instance name), so that an operation that completes through
+//! WaitExecution on another replica, or after a restart, is mapped all the same.
+
+use crate::blobstore::{get_message, put_message, ActionCache, ContentAddressableStorage, Instance};
+use crate::digest::DigestFunction;
+use crate::image::fake_action::{read_record, write_record, FakeAction, Step};
+use crate::proto::cache::ExpansionProvenance;
+use crate::proto::longrunning::{operation, Operation};
+use crate::proto::protobuf::Any;
+use crate::proto::reapi;
+use parking_lot::Mutex;
+use prost::Message;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tonic::{Code, Status};
+
+const EXECUTE_OPERATION_METADATA: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const EXECUTE_RESPONSE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+const PROVENANCE: &str = "type.googleapis.com/bb_container_expander.cache.ExpansionProvenance";
+
+/// Number of mappings kept in memory.
+const LOCAL_MAPPINGS: usize = 100_000;
+
+pub struct ResultMapper {
+    cas: Arc<dyn ContentAddressableStorage>,
+    ac: Arc<dyn ActionCache>,
+    write_back: bool,
+    local: Mutex<(HashMap<String, Arc<ExpansionProvenance>>, VecDeque<String>)>,
+}
+
+fn mapping_key(rewritten: &reapi::Digest) -> Result<(Instance, FakeAction), Status> {
+    let function = DigestFunction::from_request(0, &rewritten.hash)?;
+    let instance = Instance::new("", function);
+    let key = FakeAction::new(
+        &instance,
+        Step::RewrittenAction,
+        &[&crate::digest::display(rewritten)],
+    );
+    Ok((instance, key))
+}
+
+impl ResultMapper {
+    pub fn new(
+        cas: Arc<dyn ContentAddressableStorage>,
+        ac: Arc<dyn ActionCache>,
+        write_back: bool,
+    ) -> Self {
+        Self {
+            cas,
+            ac,
+            write_back,
+            local: Default::default(),
+        }
+    }
+
+    fn remember(&self, rewritten: &reapi::Digest, provenance: Arc<ExpansionProvenance>) {
+        let mut local = self.local.lock();
+        let key = crate::digest::display(rewritten);
+        if local.0.insert(key.clone(), provenance).is_none() {
+            local.1.push_back(key);
+            if local.1.len() > LOCAL_MAPPINGS {
+                if let Some(old) = local.1.pop_front() {
+                    local.0.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Records that `provenance.rewritten_action_digest` stands for the client's action.
+    pub async fn record(&self, provenance: &ExpansionProvenance) -> Result<(), Status> {
+        let rewritten = provenance
+            .rewritten_action_digest
+            .clone()
+            .ok_or_else(|| Status::internal("Provenance without rewritten action digest"))?;
+        let (instance, key) = mapping_key(&rewritten)?;
+        let blob = put_message(&*self.cas, &instance, provenance).await?;
+        write_record(&*self.cas, &*self.ac, &instance, &key, vec![("provenance".into(), blob)])
+            .await?;
+        self.remember(&rewritten, Arc::new(provenance.clone()));
+        Ok(())
+    }
+
+    /// The provenance of a rewritten action, if it was rewritten by any replica.
+    pub async fn lookup(&self, rewritten: &reapi::Digest) -> Result<Option<Arc<ExpansionProvenance>>, Status> {
+        if let Some(p) = self.local.lock().0.get(&crate::digest::display(rewritten)) {
+            return Ok(Some(p.clone()));
+        }
+        let Ok((instance, key)) = mapping_key(rewritten) else {
+            return Ok(None);
+        };
+        let Some(record) = read_record(&*self.ac, &instance, &key).await? else {
+            return Ok(None);
+        };
+        let Some(blob) = record.output("provenance") else {
+            return Ok(None);
+        };
+        match get_message::<ExpansionProvenance>(&*self.cas, &instance, blob).await {
+            Ok(p) => {
+                let p = Arc::new(p);
+                self.remember(rewritten, p.clone());
+                Ok(Some(p))
+            }
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// The rewritten action digest an operation's metadata names, if any.
+    pub fn action_digest_of(operation: &Operation) -> Option<reapi::Digest> {
+        let metadata = operation.metadata.as_ref()?;
+        if metadata.type_url != EXECUTE_OPERATION_METADATA {
+            return None;
+        }
+        reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice())
+            .ok()?
+            .action_digest
+    }
+
+    /// Maps one operation of a rewritten action back to the client's action, and
+    /// writes a final successful result back under the client's digest.
+    pub async fn map_operation(&self, mut operation: Operation, provenance: &ExpansionProvenance) -> Operation {
+        let original = provenance.original_action_digest.clone();
+        if let Some(metadata) = operation.metadata.as_mut() {
+            if metadata.type_url == EXECUTE_OPERATION_METADATA {
+                if let Ok(mut m) = reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice()) {
+                    if original.is_some() {
+                        m.action_digest = original.clone();
+                    }
+                    metadata.value = m.encode_to_vec();
+                }
+            }
+        }
+        if let Some(operation::Result::Response(any)) = operation.result.as_mut() {
+            if any.type_url == EXECUTE_RESPONSE {
+                if let Ok(mut response) = reapi::ExecuteResponse::decode(any.value.as_slice()) {
+                    if let Some(result) = response.result.as_mut() {
+                        let metadata = result.execution_metadata.get_or_insert_with(Default::default);
+                        metadata.auxiliary_metadata.push(Any {
+                            type_url: PROVENANCE.into(),
+                            value: provenance.encode_to_vec(),
+                        });
+                    }
+                    self.write_back(&response, provenance).await;
+                    any.value = response.encode_to_vec();
+                }
+            }
+        }
+        operation
+    }
+
+    async fn write_back(&self, response: &reapi::ExecuteResponse, provenance: &ExpansionProvenance) {
+        let succeeded = response.status.as_ref().is_none_or(|s| s.code == 0);
+        let Some(result) = &response.result else { return };
+        let Some(original) = &provenance.original_action_digest else { return };
+        if !self.write_back || !succeeded || result.exit_code != 0 || provenance.do_not_cache {
+            return;
+        }
+        let Ok(function) = DigestFunction::from_request(0, &original.hash) else { return };
+        let instance = Instance::new(provenance.instance_name.clone(), function);
+        match self.ac.put_action_result(&instance, original, result.clone()).await {
+            Ok(()) => crate::image::metrics::cache_lookup("write_back", "written"),
+            Err(s) => tracing::warn!(
+                "Failed to write the result of action {} back under the client's digest: {}",
+                crate::digest::display(original),
+                s.message()
+            ),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `Execution` for proxy mode: actions that name a container image are rewritten
+//! (see `action::rewriter`) and the rewritten action is forwarded; all others pass
+//! through untouched. Operations are relayed as they arrive, mapped back to the client's
+//! action (see `action::results`).
+//!
+//! While an image is being expanded (a cold pull can take minutes), the client's stream
+//! is kept alive with an operation update every `keepalive_interval` (stage
+//! CACHE_CHECK, the client's action digest), so that neither the client nor a proxy in
+//! between gives up. The action's own timeout is not touched: expansion time is not
+//! counted against it.
+//!
+//! If the scheduler reports blobs missing that the expander provided (image content
+//! evicted since expansion), the local caches are dropped, the action is rewritten again
+//! (re-ingesting what is gone) and forwarded once more.
+
+use super::execution_proxy::{grpc_timeout, ExecutionProxy, OperationStream};
+use crate::action::results::ResultMapper;
+use crate::action::{ActionRewriter, Rewrite, RewrittenAction};
+use crate::blobstore::Instance;
+use crate::digest::DigestFunction;
+use crate::proto::longrunning::Operation;
+use crate::proto::protobuf::Any;
+use crate::proto::reapi;
+use crate::proto::reapi::execution_server::Execution;
+use crate::proto::reapi::{ExecuteRequest, WaitExecutionRequest};
+use futures::StreamExt;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct ExpandingExecution {
+    upstream: ExecutionProxy,
+    rewriter: Arc<ActionRewriter>,
+    results: Arc<ResultMapper>,
+    keepalive_interval: Duration,
+}
+
+impl ExpandingExecution {
+    pub fn new(
+        upstream: ExecutionProxy,
+        rewriter: Arc<ActionRewriter>,
+        results: Arc<ResultMapper>,
+        keepalive_interval: Duration,
+    ) -> Self {
+        Self {
+            upstream,
+            rewriter,
+            results,
+            keepalive_interval,
+        }
+    }
+
+    fn keepalive_operation(name: &str, action_digest: &reapi::Digest) -> Operation {
+        let metadata = reapi::ExecuteOperationMetadata {
+            stage: reapi::execution_stage::Value::CacheCheck as i32,
+            action_digest: Some(action_digest.clone()),
+            ..Default::default()
+        };
+        Operation {
+            name: name.to_string(),
+            metadata: Some(Any {
+                type_url: "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata".into(),
+                value: metadata.encode_to_vec(),
+            }),
+            done: false,
+            result: None,
+        }
+    }
+
+    /// Rewrites, sending keepalive operations while that takes time. `None` when the
+    /// client went away.
+    async fn rewrite_with_keepalive(
+        &self,
+        instance: &Instance,
+        action_digest: &reapi::Digest,
+        sender: &mpsc::Sender<Result<Operation, Status>>,
+    ) -> Option<Result<Rewrite, Status>> {
+        let rewrite = self.rewriter.rewrite_digest(instance, action_digest);
+        tokio::pin!(rewrite);
+        let name = format!("bb-container-expander/expanding/{}", crate::blobstore::grpc_content_addressable_storage::new_upload_uuid());
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.keepalive_interval,
+            self.keepalive_interval,
+        );
+        loop {
+            tokio::select! {
+                result = &mut rewrite => return Some(result),
+                _ = ticker.tick() => {
+                    if sender.send(Ok(Self::keepalive_operation(&name, action_digest))).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn forward_rewritten(
+        &self,
+        request: &ExecuteRequest,
+        rewritten: &RewrittenAction,
+        timeout: Option<Duration>,
+    ) -> Result<OperationStream, Status> {
+        self.results.record(&rewritten.provenance).await?;
+        let forwarded = ExecuteRequest {
+            action_digest: Some(rewritten.action_digest.clone()),
+            ..request.clone()
+        };
+        self.upstream.forward_execute(forwarded, timeout).await
+    }
+
+    /// Relays `stream` into `sender`, mapping operations back when `provenance` is set.
+    async fn relay(
+        &self,
+        mut stream: OperationStream,
+        provenance: Option<Arc<crate::proto::cache::ExpansionProvenance>>,
+        sender: &mpsc::Sender<Result<Operation, Status>>,
+    ) {
+        while let Some(item) = stream.next().await {
+            let item = match (item, &provenance) {
+                (Ok(op), Some(p)) => Ok(self.results.map_operation(op, p).await),
+                (other, _) => other,
+            };
+            if sender.send(item).await.is_err() {
+                // The client went away: dropping `stream` cancels the upstream call.
+                return;
+            }
+        }
+    }
+
+    async fn execute_task(
+        self,
+        request: ExecuteRequest,
+        timeout: Option<Duration>,
+        sender: mpsc::Sender<Result<Operation, Status>>,
+    ) {
+        let result: Result<(), Status> = async {
+            let action_digest = request
+                .action_digest
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
+            let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
+            let instance = Instance::new(request.instance_name.clone(), function);
+            let mut retried = false;
+            loop {
+                let Some(rewrite) = self.rewrite_with_keepalive(&instance, &action_digest, &sender).await else {
+                    return Ok(());
+                };
+                match rewrite? {
+                    Rewrite::PassThrough => {
+                        crate::image::metrics::cache_lookup("actions", "passed_through");
+                        let stream = self.upstream.forward_execute(request.clone(), timeout).await?;
+                        self.relay(stream, None, &sender).await;
+                        return Ok(());
+                    }
+                    Rewrite::Rewritten(rewritten) => {
+                        crate::image::metrics::cache_lookup("actions", "rewritten");
+                        match self.forward_rewritten(&request, &rewritten, timeout).await {
+                            Ok(stream) => {
+                                self.relay(stream, Some(Arc::new(rewritten.provenance)), &sender).await;
+                                return Ok(());
+                            }
+                            Err(status)
+                                if !retried && !crate::status::missing_blobs_of(&status).is_empty() =>
+                            {
+                                tracing::warn!(
+                                    "Scheduler reports missing blobs for a rewritten action; expanding again: {}",
+                                    status.message()
+                                );
+                                self.rewriter.expander().forget_local_caches();
+                                self.rewriter.forget_local_caches();
+                                retried = true;
+                            }
+                            Err(status) => return Err(status),
+                        }
+                    }
+                }
+            }
+        }
+        .await;
+        if let Err(status) = result {
+            let _ = sender.send(Err(status)).await;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Execution for ExpandingExecution {
+    type ExecuteStream = OperationStream;
+    type WaitExecutionStream = OperationStream;
+
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let timeout = grpc_timeout(request.metadata());
+        let (sender, receiver) = mpsc::channel(4);
+        let this = self.clone();
+        let request = request.into_inner();
+        // Runs in the scope of the incoming call, so metadata forwarding still sees its
+        // headers.
+        tokio::spawn(crate::grpc::metadata_forwarding::propagate(this.execute_task(request, timeout, sender)));
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(receiver).boxed(),
+        ))
+    }
+
+    async fn wait_execution(
+        &self,
+        request: Request<WaitExecutionRequest>,
+    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        let timeout = grpc_timeout(request.metadata());
+        let request = request.into_inner();
+        if request.name.starts_with("bb-container-expander/expanding/") {
+            return Err(Status::not_found(format!(
+                "Operation {} was an image expansion that is no longer running; call Execute again",
+                request.name
+            )));
+        }
+        let stream = self.upstream.forward_wait_execution(request, timeout).await?;
+        let results = self.results.clone();
+        // Each operation names the rewritten action; map it back when it is one of ours.
+        let mapped = stream.then(move |item| {
+            let results = results.clone();
+            async move {
+                let op = item?;
+                let Some(digest) = ResultMapper::action_digest_of(&op) else {
+                    return Ok(op);
+                };
+                match results.lookup(&digest).await {
+                    Ok(Some(provenance)) => Ok(results.map_operation(op, &provenance).await),
+                    Ok(None) => Ok(op),
+                    Err(s) => {
+                        tracing::warn!("Failed to look up rewritten action: {}", s.message());
+                        Ok(op)
+                    }
+                }
+            }
+        });
+        Ok(Response::new(mapped.boxed()))
+    }
+}
