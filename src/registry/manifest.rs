@@ -163,7 +163,7 @@ pub enum Manifest {
     /// An index or manifest list, with its media type.
     Index(String, Index),
     /// An image manifest, with its media type.
-    Image(String, ImageManifest),
+    Image(String, Box<ImageManifest>),
 }
 
 #[derive(Deserialize)]
@@ -228,7 +228,7 @@ pub fn parse_manifest(body: &[u8], declared: Option<&str>) -> Result<Manifest, S
     } else if is_manifest_media_type(&media_type) {
         let manifest: ImageManifest = serde_json::from_slice(body)
             .map_err(|e| unusable(format!("Malformed image manifest ({media_type}): {e}")))?;
-        Ok(Manifest::Image(media_type, manifest))
+        Ok(Manifest::Image(media_type, Box::new(manifest)))
     } else {
         Err(unusable(format!(
             "Manifest media type {media_type:?} is not supported (expected an OCI or Docker \
@@ -343,7 +343,7 @@ mod tests {
 
     fn image(value: &serde_json::Value) -> ImageManifest {
         match parse_manifest(value.to_string().as_bytes(), None).unwrap() {
-            Manifest::Image(_, m) => m,
+            Manifest::Image(_, m) => *m,
             other => panic!("not an image manifest: {other:?}"),
         }
     }
