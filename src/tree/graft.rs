@@ -26,6 +26,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tonic::Status;
 
 /// What to do when the two trees have different nodes at the same path (other than
@@ -112,21 +113,23 @@ pub async fn stack_images(
             .await?;
     }
     let mut merged = merger.finish(root);
-    // Drop what intermediate results wrote and the final tree no longer uses.
-    let mut written: HashMap<reapi::Digest, Bytes> = merged.directories.drain(..).collect();
-    let mut reachable = Vec::new();
+    // Drop what intermediate results wrote and the final tree no longer uses (the
+    // order, children before parents, is kept).
+    let written: HashMap<&reapi::Digest, &Bytes> =
+        merged.directories.iter().map(|(d, b)| (d, b)).collect();
+    let mut reachable: HashSet<reapi::Digest> = HashSet::new();
     let mut stack = vec![merged.root.clone()];
     while let Some(digest) = stack.pop() {
-        if let Some(bytes) = written.remove(&digest) {
-            let message = reapi::Directory::decode(bytes.clone()).map_err(|e| {
-                Status::internal(format!("Failed to decode a merged Directory: {e}"))
-            })?;
-            stack.extend(message.directories.into_iter().filter_map(|d| d.digest));
-            reachable.push((digest, bytes));
+        if let Some(bytes) = written.get(&digest) {
+            if reachable.insert(digest.clone()) {
+                let message = reapi::Directory::decode((*bytes).clone()).map_err(|e| {
+                    Status::internal(format!("Failed to decode a merged Directory: {e}"))
+                })?;
+                stack.extend(message.directories.into_iter().filter_map(|d| d.digest));
+            }
         }
     }
-    reachable.reverse();
-    merged.directories = reachable;
+    merged.directories.retain(|(d, _)| reachable.contains(d));
     Ok(merged)
 }
 
@@ -135,7 +138,15 @@ struct Merger<'a> {
     policy: MergePolicy,
     max_message_size: usize,
     function: DigestFunction,
-    written: Mutex<(HashSet<reapi::Digest>, Vec<(reapi::Digest, Bytes)>)>,
+    /// What this merge wrote: by digest (a later merge of the same `Merger` may read
+    /// it back before it is in the CAS) and in writing order.
+    written: Mutex<Written>,
+}
+
+#[derive(Default)]
+struct Written {
+    by_digest: HashMap<reapi::Digest, Arc<reapi::Directory>>,
+    in_order: Vec<(reapi::Digest, Bytes)>,
 }
 
 impl<'a> Merger<'a> {
@@ -152,7 +163,7 @@ impl<'a> Merger<'a> {
     fn finish(self, root: reapi::Digest) -> MergedTree {
         MergedTree {
             root,
-            directories: self.written.into_inner().1,
+            directories: self.written.into_inner().in_order,
         }
     }
 
@@ -174,11 +185,23 @@ impl<'a> Merger<'a> {
         let digest = self.function.digest_of(&bytes);
         if !bytes.is_empty() {
             let mut written = self.written.lock();
-            if written.0.insert(digest.clone()) {
-                written.1.push((digest.clone(), bytes));
+            if !written.by_digest.contains_key(&digest) {
+                written
+                    .by_digest
+                    .insert(digest.clone(), Arc::new(directory.clone()));
+                written.in_order.push((digest.clone(), bytes));
             }
         }
         Ok(digest)
+    }
+
+    /// A `Directory` this merge wrote, or else one from the source.
+    async fn get(&self, digest: &reapi::Digest) -> Result<Arc<reapi::Directory>, Status> {
+        let written = self.written.lock().by_digest.get(digest).cloned();
+        match written {
+            Some(directory) => Ok(directory),
+            None => self.source.get_directory(digest).await,
+        }
     }
 
     /// Walks down the image along the mount path (`dir` is `None` where the image has
@@ -206,7 +229,7 @@ impl<'a> Merger<'a> {
             let (mut children, node_properties) = match &dir {
                 None => (Default::default(), None),
                 Some(digest) => {
-                    let message = self.source.get_directory(digest).await?;
+                    let message = self.get(digest).await?;
                     (
                         entries(&message, &display(&here))?,
                         message.node_properties.clone(),
@@ -261,10 +284,8 @@ impl<'a> Merger<'a> {
             if lower.size_bytes == 0 {
                 return Ok(upper);
             }
-            let (lower_message, upper_message) = futures::try_join!(
-                self.source.get_directory(&lower),
-                self.source.get_directory(&upper)
-            )?;
+            let (lower_message, upper_message) =
+                futures::try_join!(self.get(&lower), self.get(&upper))?;
             let mut children = entries(&lower_message, &display(&path))?;
             let mut subdirectories = Vec::new();
             for (name, upper_entry) in entries(&upper_message, &display(&path))? {
@@ -283,15 +304,20 @@ impl<'a> Merger<'a> {
                         children.insert(name, upper_entry);
                     }
                     (l, u) => {
+                        let different = if l.kind() == u.kind() {
+                            "different "
+                        } else {
+                            ""
+                        };
                         return Err(tree_error(
                             "InputRootConflict",
                             format!(
-                                "{:?}: the image has a {} and the input root has a {}",
+                                "{:?}: the image has a {} and the input root has a {different}{}",
                                 join(&path, &name),
                                 l.kind(),
                                 u.kind()
                             ),
-                        ))
+                        ));
                     }
                 }
             }

@@ -28,6 +28,8 @@ mod remote_directory;
 #[cfg(test)]
 mod apply_tests;
 #[cfg(test)]
+mod graft_tests;
+#[cfg(test)]
 mod model_proptest;
 #[cfg(test)]
 mod test_support;
