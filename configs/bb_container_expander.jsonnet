@@ -1,77 +1,261 @@
-// Reference configuration of bb-container-expander in proxy mode: Buildbarn's frontend
-// sends Execute, WaitExecution and GetCapabilities here (its `schedulers['']` endpoint),
-// and the expander forwards them to bb_scheduler.
+// Reference configuration of bb-container-expander in proxy mode.
 //
-// Conventions are Buildbarn's: lowerCamelCase field names, unknown fields are errors,
-// durations are strings ('30s'), int64 values may be numbers or strings, a oneof is an
-// object with exactly one key, and every environment variable is available as
-// std.extVar('NAME'). Check a file with:
+// Buildbarn's frontend (bb_storage with `schedulers`) sends Execute, WaitExecution and
+// GetCapabilities here instead of to bb_scheduler. Actions whose platform names a
+// container image are rewritten (the image's file system becomes the input root, the
+// client's inputs are grafted into it, `container-image` is dropped from the
+// platform) and forwarded to bb_scheduler; every other action is forwarded unchanged.
+// The router-mode reference, where bb_scheduler calls the expander instead, is
+// bb_container_expander_router.jsonnet.
+//
+// Conventions are Buildbarn's (bb-storage util.UnmarshalConfigurationFromFile):
+// field names are lowerCamelCase, unknown fields are errors that name the field,
+// durations are strings ('30s'), int64 values may be numbers or strings, a oneof is
+// an object with exactly one key, imports resolve relative to this file, and every
+// environment variable of the process is available as std.extVar('NAME').
+//
+// Check a configuration without starting anything:
 //   bb-container-expander check-config bb_container_expander.jsonnet
 local common = import 'common.libsonnet';
 
 {
-  // global: process-wide settings.
-  //   diagnosticsHttpServer.httpServers[].listenAddresses: where /-/healthy and /metrics
-  //     are served. Default: no diagnostics server.
-  //   diagnosticsHttpServer.httpServers[].authenticationPolicy: allow, deny, any or all.
-  //   diagnosticsHttpServer.enablePrometheus: serve /metrics. Default: false.
-  //     Recommended value: true.
-  //   diagnosticsHttpServer.enablePprof, enableActiveSpans: accepted so that Buildbarn's
-  //     common.libsonnet can be reused; no effect.
-  //   logPaths: files that logs are written to besides standard error. Default: none.
+  // Process-wide settings.
+  //
+  // diagnosticsHttpServer: an HTTP server with /-/healthy (200 once serving, 503
+  // before and while stopping) and, when enablePrometheus is true, /metrics.
+  //   httpServers[].listenAddresses: e.g. [':9980'].
+  //   httpServers[].authenticationPolicy: { allow: {} } | { deny: 'message' } |
+  //     { any: { policies: [...] } } | { all: { policies: [...] } }.
+  //   enablePrometheus: serve /metrics. Default: false. Recommended value: true.
+  //   enablePprof, enableActiveSpans: accepted so that a Buildbarn
+  //     common.libsonnet can be reused; they have no effect here.
+  //   Default: no diagnostics server.
+  //
+  // logPaths: files that logs are appended to, besides standard error. Set
+  // RUST_LOG (e.g. RUST_LOG=debug) to change the level. Default: none.
   global: common.global,
 
-  // grpcServers: where the expander serves Execution, Capabilities and
-  // grpc.health.v1.Health. Each entry:
-  //   listenAddresses: TCP addresses, ':8985' for every interface.
-  //   listenPaths: UNIX sockets; a stale socket file is removed first.
-  //   authenticationPolicy (required): { allow: {} } | { deny: 'message' } |
-  //     { any: { policies: [...] } } | { all: { policies: [...] } }.
-  //   maximumReceivedMessageSizeBytes: largest request. Default: 0, meaning 4 MiB.
-  //   healthCheckService: a service name reported SERVING besides ''. Default: ''.
+  // Servers on which the expander accepts calls. In proxy mode each one serves
+  // build.bazel.remote.execution.v2.Execution, ...Capabilities,
+  // buildbarn.remoteactionrouter.ActionRouter and grpc.health.v1.Health.
+  //
+  //   listenAddresses: TCP addresses; ':8985' listens on every interface.
+  //   listenPaths: UNIX socket paths. A stale socket file is removed first.
+  //   authenticationPolicy (required): who may call, as for the diagnostics server.
+  //     The frontend does not forward clients' credentials, so this authenticates
+  //     the frontend, not the user.
+  //   maximumReceivedMessageSizeBytes: largest request accepted. Default: 0, which
+  //     means gRPC's 4 MiB. Execute requests are small; the default suffices.
+  //   healthCheckService: a service name that grpc.health.v1.Health reports as
+  //     SERVING, besides ''. Default: ''.
+  //
+  // Recommended value: one server on ':8985', reachable only by the frontend.
   grpcServers: [{
     listenAddresses: [':8985'],
     authenticationPolicy: { allow: {} },
   }],
 
-  // maximumMessageSizeBytes: largest message read from or written to the CAS. Must
-  // match bb_worker. Default: 2 MiB. Recommended value: 2 MiB.
+  // Largest message read from or written to the CAS. A merged Directory that would
+  // be larger is an error (DirectoryTooLarge) rather than a Directory the workers
+  // cannot read. At least 65536. Default: 2 MiB.
+  // Recommended value: the workers' maximumMessageSizeBytes (2 MiB in Buildbarn's
+  // deployments).
   maximumMessageSizeBytes: common.maximumMessageSizeBytes,
 
-  // blobstore: the CAS and Action Cache the scheduler and workers use. Backends:
-  //   { grpc: { client: ClientConfiguration } }: a bb_storage (frontend) server.
-  //   { memory: { maximumSizeBytes: N } }: embedded, least recently used blobs are
-  //     evicted beyond N bytes. For local use and tests only: the scheduler and
-  //     workers cannot see it.
+  // The CAS and Action Cache. The CAS must be the one bb_scheduler and bb_worker use:
+  // the rewritten Action, Command and Directories and every file of the images are
+  // uploaded there. The Action Cache holds the expander's own records (resolved tags,
+  // layer changesets, image trees, rewritten-to-original action mappings) and the
+  // results written back under clients' action digests.
+  //
+  // Backends (a oneof):
+  //   { grpc: { client: ClientConfiguration, enableCompression: false } }: a
+  //     bb_storage server, normally the frontend (see common.libsonnet for why).
+  //     enableCompression is accepted and ignored.
+  //   { memory: { maximumSizeBytes: N } }: in this process, least recently used
+  //     blobs evicted beyond N bytes. Only for trying the expander out and for the
+  //     `expand` command: the scheduler and workers cannot see it.
   //   { readCaching: { slow: backend, fast: backend } } (CAS only): reads try `fast`
   //     first and copy what `slow` returns into it; writes go to `slow`.
   //   { existenceCaching: { backend: backend, existenceCache: { cacheSize: N,
-  //     cacheDuration: '60s' } } } (CAS only): remembers which blobs exist, to skip
-  //     FindMissingBlobs calls.
-  blobstore: common.blobstore,
+  //     cacheDuration: '60s', cacheReplacementPolicy: 'LEAST_RECENTLY_USED' } } }
+  //     (CAS only): remembers for cacheDuration which blobs exist, so that repeated
+  //     FindMissingBlobs calls for image content are answered locally.
+  //     cacheReplacementPolicy is accepted; eviction is least recently used.
+  //
+  // Recommended value: grpc to the frontend, the CAS wrapped in existenceCaching
+  // with a cacheDuration well below the time the CAS keeps blobs.
+  blobstore: {
+    contentAddressableStorage: {
+      existenceCaching: {
+        backend: common.blobstore.contentAddressableStorage,
+        existenceCache: {
+          cacheSize: 1000 * 1000,
+          cacheDuration: '60s',
+        },
+      },
+    },
+    actionCache: common.blobstore.actionCache,
+  },
 
-  // scheduler: bb_scheduler's client endpoint (its clientGrpcServers). A
-  // ClientConfiguration:
+  // Proxy mode: bb_scheduler's client endpoint (its clientGrpcServers), to which
+  // rewritten and passed-through actions are forwarded. Leave it out to run in
+  // router mode only.
+  //
+  // A ClientConfiguration, as in Buildbarn:
   //   address: 'host:port', 'dns:///host:port' or 'unix:///path'.
   //   tls: { serverCertificateAuthorities: PEM, clientKeyPair: { inline: {
-  //     certificate, privateKey } } | { files: { certificatePath, privateKeyPath } },
-  //     serverName }. Default: plaintext.
-  //   keepalive: { time: '30s', timeout: '10s', permitWithoutStream: false }.
-  //   addMetadata: [{ header: 'x-name', values: ['v'] }]: static headers.
-  //   addMetadataJmespathExpression: { expression: '...' }: headers computed from the
-  //     incoming call's metadata. The expression below forwards the client's
-  //     RequestMetadata, which bb_scheduler uses for invocation keys (as bb-deployments'
-  //     frontend does). Recommended value: as below.
-  // The expander starts even if the scheduler is unreachable; calls then fail with
-  // UNAVAILABLE until it is back.
+  //     certificate, privateKey } } | { files: { certificatePath, privateKeyPath,
+  //     refreshInterval } }, serverName }. Default: plaintext. Files are read once.
+  //   keepalive: { time: '30s', timeout: '10s', permitWithoutStream: false }: HTTP/2
+  //     pings; the scheduler must permit them. Default: none.
+  //   addMetadata: [{ header: 'x-name', values: ['v'] }]: static headers (lowercase
+  //     names). Default: none.
+  //   addMetadataJmespathExpression: { expression: '...' }: headers computed per
+  //     call from { incomingGRPCMetadata, authenticationMetadata }. Default: none.
+  //
+  // The expander starts even if the scheduler is unreachable; calls fail with
+  // UNAVAILABLE until it is back, and a scheduler that dies mid-stream yields
+  // UNAVAILABLE, which Bazel retries.
+  //
+  // Recommended value: the scheduler's client port with the RequestMetadata
+  // forwarded, as below, so that bb_scheduler's invocation keys keep working.
   scheduler: {
     address: 'scheduler:8982',
-    addMetadataJmespathExpression: {
-      expression: |||
-        {
-          "build.bazel.remote.execution.v2.requestmetadata-bin": incomingGRPCMetadata."build.bazel.remote.execution.v2.requestmetadata-bin"
-        }
-      |||,
-    },
+    addMetadataJmespathExpression: common.forwardRequestMetadata,
+  },
+
+  // Image expansion: where images may come from and how they become input roots.
+  containerImages: {
+    // Registries that may be contacted. An image on any other host is refused with
+    // PERMISSION_DENIED "Registry ... is not allowed", because a client must not be
+    // able to make the service fetch arbitrary URLs. Each entry:
+    //   hosts: host names, with the port if not the default ('registry:5000' is not
+    //     'registry'). Compared case-insensitively; Docker Hub is 'docker.io'
+    //     (index.docker.io and registry-1.docker.io mean the same).
+    //   insecure: speak plain HTTP. Default: false. Loopback hosts (localhost,
+    //     127.0.0.0/8, [::1]) always use plain HTTP.
+    //   credentials (a oneof): { anonymous: {} } (the default) |
+    //     { basic: { username, password } } (also used to obtain bearer tokens) |
+    //     { dockerConfigPath: '/path/config.json' }: the file's "auths" entry for the
+    //     host (auth, or username and password, or registrytoken). The file is read
+    //     at start-up; credential helpers are not supported. Credentials come only
+    //     from here, never from an action, so they never enter an action digest.
+    //   mirrors: hosts tried, in order, before the registry itself. A mirror uses
+    //     the settings of its own entry if it is listed, else anonymous access.
+    //
+    // Recommended value: every registry your images come from, with pull-only
+    // credentials taken from the environment or a mounted file, e.g.
+    //   { hosts: ['ghcr.io'], credentials: { basic: {
+    //       username: std.extVar('GHCR_USERNAME'), password: std.extVar('GHCR_TOKEN') } } }
+    registries: [
+      { hosts: ['docker.io'], credentials: { anonymous: {} } },
+      { hosts: ['ghcr.io', 'quay.io'] },
+    ],
+
+    // Contact hosts that are not listed (anonymously; TLS except on loopback).
+    // Default: false. Recommended value: false.
+    allowAnyRegistry: false,
+
+    // The platform chosen from a multi-platform image (an index) when the action has
+    // no ISA property. OSFamily and ISA properties of the action override it
+    // (ISA=x86-64 is amd64, arm-a64 is arm64, ...). Only Linux images are supported.
+    // Default: { os: 'linux', architecture: 'amd64' }.
+    // Recommended value: the architecture of your workers.
+    defaultPlatform: { os: 'linux', architecture: 'amd64' },
+
+    // Deadline of one registry request (a manifest or config fetch, opening a blob,
+    // and the longest wait for more bytes of a blob). Default: '30s'.
+    requestTimeout: '30s',
+
+    // Retries of a failed registry request (HTTP 5xx and 429, connection errors,
+    // timeouts), with exponential backoff and jitter, at most 30s apart. At most 20.
+    // Default: 4.
+    maximumRetries: 4,
+
+    // Delay before the first retry; each further retry waits twice as long.
+    // Default: '0.5s'.
+    initialRetryDelay: '0.5s',
+
+    // How long a tag (image:1.2) keeps resolving to the digest it resolved to, for
+    // the whole fleet: the resolution is recorded in the Action Cache. References
+    // pinned by digest never expire. Default: '300s'.
+    // Recommended value: '300s'; pin images by digest wherever you can.
+    tagTtl: '300s',
+
+    // Refuse references without a digest (INVALID_ARGUMENT), so that the same action
+    // digest always runs in the same image. Default: false.
+    // Recommended value: true once every client pins its images.
+    rejectTags: false,
+
+    // How long a process trusts that a cached tree (a layer changeset or an image) is
+    // still complete in the CAS before it checks again with FindMissingBlobs. An
+    // incomplete tree is rebuilt, never forwarded. Default: '3600s'.
+    // Recommended value: well below the time your CAS keeps unused blobs.
+    completenessCheckInterval: '3600s',
+
+    // Limit on the total compressed size of an image's layers; a larger image is
+    // RESOURCE_EXHAUSTED. Default: 16 GiB.
+    maximumImageSizeBytes: 16 * 1024 * 1024 * 1024,
+
+    // Limit on one layer, compressed and decompressed. Default: 16 GiB.
+    maximumLayerSizeBytes: 16 * 1024 * 1024 * 1024,
+
+    // Layers downloaded and ingested at the same time. Ingestion (decompression and
+    // hashing) is CPU bound. Default: 2. Recommended value: the number of cores.
+    maximumConcurrentLayerIngests: 2,
+
+    // Directory where large files of a layer are spooled while they are hashed.
+    // Default: the system's temporary directory ($TMPDIR or /tmp).
+    // Recommended value: a local disk with room for the largest file of any image.
+    spoolDirectory: '/tmp',
+
+    // Size of the in-memory cache of Directory messages of image trees, which keeps
+    // the per-action merge from reading the CAS. Default: 256 MiB.
+    directoryCacheSizeBytes: 256 * 1024 * 1024,
+
+    // Platform property whose values are image references: a name or a list of
+    // names. Every occurrence is expanded; several images are stacked in order.
+    // References look like 'docker://registry.example.com/team/img@sha256:...'
+    // (the docker:// prefix is optional). Default: 'container-image'.
+    platformPropertyName: 'container-image',
+
+    // Where the client's input root goes inside the image: '' (the image root) or a
+    // relative path such as 'execroot', which the working directory is then
+    // prefixed with. Output paths are relative to the working directory and stay
+    // valid. Default: ''.
+    // Recommended value: a directory the images do not use, which avoids every
+    // clash between inputs and image content.
+    inputRootDirectory: 'execroot',
+
+    // What a clash between an input and the image at one path does: 'STRICT' (an
+    // INVALID_ARGUMENT error naming the path; identical files are accepted) or
+    // 'INPUT_WINS' (the input replaces the image's file or symlink). Directories
+    // always merge. Default: 'STRICT'. Recommended value: 'STRICT'.
+    conflictPolicy: 'STRICT',
+
+    // Properties added to rewritten actions, in place of container-image. The
+    // result is sorted by name and value and deduplicated, as bb_scheduler requires,
+    // and must equal the platform a chroot worker advertises. Default: none.
+    // Recommended value: a marker that only the chroot workers advertise, so that
+    // expanded actions never land on a worker that would not chroot.
+    addPlatformProperties: [{ name: 'runner', value: 'chroot' }],
+
+    // Refuse (FAILED_PRECONDITION "MissingUsrBinEnv") images without an executable
+    // /usr/bin/env: bb_runner with chrootIntoInputRoot runs every command as
+    // `/usr/bin/env -- argv...` inside the input root. Default: true.
+    // Recommended value: true.
+    requireUsrBinEnv: true,
+
+    // After a rewritten action succeeds (exit code 0, do_not_cache unset), write its
+    // ActionResult to the Action Cache under the client's action digest too. The
+    // worker stores it only under the rewritten digest, so without this the client's
+    // next GetActionResult misses. Default: true. Recommended value: true.
+    writeBackResults: true,
+
+    // Interval of the operation updates sent to a client while its image is being
+    // expanded, so that no client or proxy gives up on a silent stream during a cold
+    // pull. Default: '5s'.
+    keepaliveInterval: '5s',
   },
 }
