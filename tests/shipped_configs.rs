@@ -20,6 +20,11 @@ fn jsonnet_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn check_config(path: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bb-container-expander"))
+        // What the Kubernetes example takes from its pod (fieldRef and a Secret) as
+        // std.extVar values; tests/deployment_configs.rs checks it in detail.
+        .env("POD_NAME", "expander-0")
+        .env("REGISTRY_USERNAME", "puller")
+        .env("REGISTRY_PASSWORD", "example-password")
         .arg("check-config")
         .arg(path)
         .output()
