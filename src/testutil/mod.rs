@@ -3,6 +3,8 @@
 //! - [`BlobstoreServer`]: an in-process REAPI storage server (CAS, AC, ByteStream,
 //!   Capabilities) on a loopback port, backed by any [`crate::blobstore`] stores, that
 //!   counts the calls it receives and can be told to fail them;
+//! - [`fake_worker::FakeWorker`]: a fake bb_scheduler + worker that materialises the
+//!   input root of each action it is sent from the CAS and records what it saw;
 //! - [`ManualClock`]: a clock that only moves when a test says so, for decorators that
 //!   expire things (existence caching) without sleeping in tests.
 //!
@@ -16,6 +18,7 @@
 mod blobstore_server;
 mod clock;
 pub mod fake_scheduler;
+pub mod fake_worker;
 
 pub use blobstore_server::{BlobstoreServer, BlobstoreServerBuilder, RecordedCall};
 pub use clock::ManualClock;
