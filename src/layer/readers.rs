@@ -1,0 +1,269 @@
+//! The synchronous byte pipeline below the tar parser: the compressed blob as it arrives
+//! from the async side ([`BlobReader`]), and the decompressed stream ([`TarStreamReader`]).
+//!
+//! Both hash what passes through them (blob digest and DiffID, layers.md L-18) and enforce
+//! the size limits. `std::io::Read` can only carry `io::Error`s, which the decompressors
+//! and `tar` may rewrap, so the precise `Status` of the first failure is kept in a shared
+//! [`Failure`] slot; the caller reports that one instead of whatever error surfaced.
+
+use super::media_type::Compression;
+use super::oci_digest::{OciDigest, OciHasher};
+use bytes::Bytes;
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Read};
+use std::rc::Rc;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// The first failure seen by any reader of one layer.
+#[derive(Clone, Default)]
+pub(crate) struct Failure(Rc<RefCell<Option<Status>>>);
+
+impl Failure {
+    /// Remembers `status` unless a failure was recorded before, and returns an `io::Error`
+    /// carrying its message.
+    pub(crate) fn record(&self, status: Status) -> io::Error {
+        let error = io::Error::other(status.message().to_owned());
+        let mut slot = self.0.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(status);
+        }
+        error
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// The recorded failure, or `fallback` if there is none.
+    pub(crate) fn take_or(&self, fallback: impl FnOnce() -> Status) -> Status {
+        self.0.borrow_mut().take().unwrap_or_else(fallback)
+    }
+
+    /// An `io::Error` for readers that are asked again after failing.
+    fn repeat(&self) -> io::Error {
+        match &*self.0.borrow() {
+            Some(status) => io::Error::other(status.message().to_owned()),
+            None => io::Error::other("Reader failed before"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BlobState {
+    Reading,
+    Eof,
+    Failed,
+}
+
+/// Reads the compressed blob from a channel fed by the async side, counting and hashing
+/// it. At the end of the stream it checks size and digest against the descriptor, so a
+/// short download is reported as such and not as a decompression error.
+pub(crate) struct BlobReader {
+    chunks: mpsc::Receiver<Result<Bytes, Status>>,
+    current: Bytes,
+    expected_digest: OciDigest,
+    expected_size: u64,
+    hasher: Option<OciHasher>,
+    received: u64,
+    state: BlobState,
+    failure: Failure,
+}
+
+impl BlobReader {
+    pub(crate) fn new(
+        chunks: mpsc::Receiver<Result<Bytes, Status>>,
+        expected_digest: OciDigest,
+        expected_size: u64,
+        failure: Failure,
+    ) -> Self {
+        Self {
+            chunks,
+            current: Bytes::new(),
+            hasher: Some(expected_digest.hasher()),
+            expected_digest,
+            expected_size,
+            received: 0,
+            state: BlobState::Reading,
+            failure,
+        }
+    }
+
+    /// Number of blob bytes received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
+    fn fail(&mut self, status: Status) -> io::Error {
+        self.state = BlobState::Failed;
+        self.failure.record(status)
+    }
+
+    /// The next non-empty chunk, or `None` once the blob has ended and was verified.
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            match self.state {
+                BlobState::Reading => {}
+                BlobState::Eof => return Ok(None),
+                BlobState::Failed => return Err(self.failure.repeat()),
+            }
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    self.received += chunk.len() as u64;
+                    if self.received > self.expected_size {
+                        return Err(self.fail(Status::invalid_argument(format!(
+                            "Blob is larger than the {} bytes the descriptor says",
+                            self.expected_size
+                        ))));
+                    }
+                    if let Some(hasher) = &mut self.hasher {
+                        hasher.update(&chunk);
+                    }
+                    return Ok(Some(chunk));
+                }
+                Some(Err(status)) => return Err(self.fail(status)),
+                None => {
+                    if self.received != self.expected_size {
+                        return Err(self.fail(Status::invalid_argument(format!(
+                            "Blob is {} bytes in size, while the descriptor says {} bytes",
+                            self.received, self.expected_size
+                        ))));
+                    }
+                    let actual = self.hasher.take().map(OciHasher::finish);
+                    if let Some(actual) = actual.filter(|a| *a != self.expected_digest) {
+                        return Err(self.fail(Status::invalid_argument(format!(
+                            "Blob has digest {actual}, while the descriptor says {}",
+                            self.expected_digest
+                        ))));
+                    }
+                    self.state = BlobState::Eof;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// The first `n` bytes without consuming them (fewer if the blob is shorter).
+    pub(crate) fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        while self.current.len() < n {
+            let Some(chunk) = self.next_chunk()? else {
+                break;
+            };
+            if self.current.is_empty() {
+                self.current = chunk;
+            } else {
+                let mut joined = Vec::with_capacity(self.current.len() + chunk.len());
+                joined.extend_from_slice(&self.current);
+                joined.extend_from_slice(&chunk);
+                self.current = joined.into();
+            }
+        }
+        Ok(&self.current[..n.min(self.current.len())])
+    }
+}
+
+impl BufRead for BlobReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.current.is_empty() {
+            if let Some(chunk) = self.next_chunk()? {
+                self.current = chunk;
+            }
+        }
+        Ok(&self.current)
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let _ = self.current.split_to(amount.min(self.current.len()));
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// Budget of bytes the tar parser may read while it looks for the next entry: headers,
+/// padding, and the GNU long name/link and PAX records it buffers in memory. `None`
+/// while entry data is read. Go's archive/tar allows 1 MiB per extension record.
+pub(crate) type MetadataBudget = Rc<Cell<Option<u64>>>;
+
+/// The budget granted for finding one entry.
+pub(crate) const METADATA_LIMIT_BYTES: u64 = 4 << 20;
+
+/// The decompressed tar stream: hashes everything for the DiffID (including what follows
+/// the end-of-archive marker, once drained), enforces the uncompressed size limit and
+/// the metadata budget, and turns decompressor errors into INVALID_ARGUMENT.
+pub(crate) struct TarStreamReader<R> {
+    inner: R,
+    compression: Compression,
+    hasher: OciHasher,
+    bytes: u64,
+    limit: u64,
+    metadata_budget: MetadataBudget,
+    failure: Failure,
+}
+
+impl<R: Read> TarStreamReader<R> {
+    pub(crate) fn new(
+        inner: R,
+        compression: Compression,
+        hasher: OciHasher,
+        limit: u64,
+        metadata_budget: MetadataBudget,
+        failure: Failure,
+    ) -> Self {
+        Self {
+            inner,
+            compression,
+            hasher,
+            bytes: 0,
+            limit,
+            metadata_budget,
+            failure,
+        }
+    }
+
+    /// The DiffID and the number of decompressed bytes.
+    pub(crate) fn finish(self) -> (OciDigest, u64) {
+        (self.hasher.finish(), self.bytes)
+    }
+}
+
+impl<R: Read> Read for TarStreamReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) if self.failure.is_set() => return Err(e),
+            Err(e) => {
+                return Err(self.failure.record(Status::invalid_argument(format!(
+                    "Corrupt {} stream: {e}",
+                    self.compression.name()
+                ))))
+            }
+        };
+        self.bytes += n as u64;
+        if self.bytes > self.limit {
+            return Err(self.failure.record(Status::resource_exhausted(format!(
+                "Decompressed layer is larger than the maximum layer size of {} bytes",
+                self.limit
+            ))));
+        }
+        if let Some(budget) = self.metadata_budget.get() {
+            if n as u64 > budget {
+                return Err(self.failure.record(Status::invalid_argument(format!(
+                    "Tar headers and extension records of one entry exceed {METADATA_LIMIT_BYTES} bytes"
+                ))));
+            }
+            self.metadata_budget.set(Some(budget - n as u64));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
