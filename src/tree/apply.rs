@@ -23,6 +23,12 @@ use crate::proto::cache::{layer_entry::Kind, HardLink, LayerChangeset, LayerEntr
 use std::collections::HashSet;
 use tonic::Status;
 
+/// The deepest a node may be, in path parts. Not a layers.md rule: a guard so that a
+/// crafted layer cannot build a tree deep enough to overflow the stack when it is
+/// dropped or grafted. Linux cannot create such paths either (`PATH_MAX` is 4096
+/// bytes, so at most 2048 parts).
+pub const MAX_DEPTH: usize = 2048;
+
 /// What applying a layer skipped, for warnings and metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -80,6 +86,17 @@ fn too_many_symlinks(entry_path: &str, what: &str) -> Status {
     )
 }
 
+fn check_depth(entry: &LayerEntry, depth: usize) -> Result<(), Status> {
+    if depth > MAX_DEPTH {
+        return Err(entry_error(
+            "PathTooDeep",
+            &entry.path,
+            format!("it resolves to a path of {depth} parts, more than {MAX_DEPTH}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Pass W: whiteouts and opaque markers act on the lower tree `snapshot` only.
 fn pass_w(
     snapshot: &Directory,
@@ -111,6 +128,7 @@ fn pass_w(
                 if real.exists() {
                     removals.push((real.parts.clone(), child.map(str::to_owned)));
                 }
+                check_depth(entry, real.parts.len())?;
                 implied_parents.push(real.parts);
             }
             // A parent that is not a directory: no effect and no error (L-41, L-51).
@@ -173,6 +191,7 @@ fn pass_a(work: &mut Directory, entries: &[LayerEntry]) -> Result<ApplyReport, S
             continue; // The root entry is skipped, whatever its type (L-35).
         };
         let parent = resolve_directory(work, parent).map_err(|e| resolve_error(entry, e))?;
+        check_depth(entry, parent.parts.len() + 1)?;
         let existing = existing_child(work, &parent, name);
         if !specials.is_empty() {
             specials.remove(&parent.child(name));

@@ -574,3 +574,30 @@ fn applying_onto_a_cached_lower_tree_shares_untouched_subtrees() {
         upper_encoded.root
     );
 }
+
+#[test]
+fn deep_trees_are_limited_and_the_deepest_allowed_one_is_handled() {
+    let deepest = vec!["d"; super::apply::MAX_DEPTH - 1].join("/");
+    let tree = apply_all(vec![vec![file(&format!("{deepest}/f"), "1")]]).unwrap();
+    let encoded = encode(&tree, F, 1 << 20).unwrap();
+    assert_eq!(
+        encoded.statistics.directories,
+        super::apply::MAX_DEPTH as u64 - 1
+    );
+    drop(tree);
+    let err = apply_all(vec![vec![file(&format!("{deepest}/d/f"), "1")]]).unwrap_err();
+    assert_eq!(
+        err.message(),
+        format!(
+            "PathTooDeep: layer entry \"{deepest}/d/f\": it resolves to a path of 2049 parts, more than 2048"
+        )
+    );
+    // Also through symlinks.
+    let err = apply_all(vec![vec![
+        dir(&deepest),
+        symlink("l", &deepest),
+        file("l/d/f", "1"),
+    ]])
+    .unwrap_err();
+    assert_eq!(error_name(&err), "PathTooDeep");
+}

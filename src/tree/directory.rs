@@ -181,6 +181,29 @@ impl Directory {
     }
 }
 
+/// Dismantles deep trees iteratively: the default, recursive drop would use stack space
+/// in proportion to the depth of the tree.
+impl Drop for Directory {
+    fn drop(&mut self) {
+        let mut unowned: Vec<Arc<Directory>> = Vec::new();
+        take_subdirectories(&mut self.children, &mut unowned);
+        while let Some(d) = unowned.pop() {
+            // Subtrees still shared with another tree are left to their other owners.
+            if let Ok(mut d) = Arc::try_unwrap(d) {
+                take_subdirectories(&mut d.children, &mut unowned);
+            }
+        }
+    }
+}
+
+fn take_subdirectories(children: &mut BTreeMap<String, Node>, into: &mut Vec<Arc<Directory>>) {
+    for node in std::mem::take(children).into_values() {
+        if let Node::Directory(d) = node {
+            into.push(d);
+        }
+    }
+}
+
 impl PartialEq for Directory {
     fn eq(&self, other: &Self) -> bool {
         self.children == other.children

@@ -22,10 +22,10 @@ use crate::digest::DigestFunction;
 use crate::proto::reapi;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tonic::Status;
 
@@ -271,82 +271,194 @@ impl<'a> Merger<'a> {
     }
 
     /// Merges directory `upper` into directory `lower` (at `path`).
-    fn merge_directories(
+    ///
+    /// Iterative, so that deep trees cannot overflow the stack: first the pairs of
+    /// directories to merge are found a level at a time (reads of one level run
+    /// concurrently), then the merged directories are written, deepest first.
+    async fn merge_directories(
         &self,
         lower: reapi::Digest,
         upper: reapi::Digest,
         path: String,
-    ) -> BoxFuture<'_, Result<reapi::Digest, Status>> {
-        async move {
-            if lower == upper || upper.size_bytes == 0 {
-                return Ok(lower);
-            }
-            if lower.size_bytes == 0 {
-                return Ok(upper);
-            }
-            let (lower_message, upper_message) =
-                futures::try_join!(self.get(&lower), self.get(&upper))?;
-            let mut children = entries(&lower_message, &display(&path))?;
-            let mut subdirectories = Vec::new();
-            for (name, upper_entry) in entries(&upper_message, &display(&path))? {
-                let Some(lower_entry) = children.get(&name) else {
-                    children.insert(name, upper_entry);
-                    continue;
-                };
-                match (lower_entry, &upper_entry) {
-                    (Entry::Directory(l), Entry::Directory(u)) => {
-                        let child_path = join(&path, &name);
-                        let l = directory_digest(l, &child_path)?.clone();
-                        let u = directory_digest(u, &child_path)?.clone();
-                        subdirectories.push((name, l, u));
+    ) -> Result<reapi::Digest, Status> {
+        let mut frames: Vec<Option<Frame>> = Vec::new();
+        let mut root = None;
+        let mut level = vec![Pair {
+            lower,
+            upper,
+            path,
+            parent: None,
+        }];
+        while !level.is_empty() {
+            // In order, so that the first error reported does not depend on timing.
+            let expanded: Vec<Result<Expanded, Status>> = futures::stream::iter(level)
+                .map(|pair| self.expand(pair))
+                .buffered(CONCURRENT_READS)
+                .collect()
+                .await;
+            let mut next = Vec::new();
+            for expansion in expanded {
+                match expansion? {
+                    Expanded::Done { digest, parent } => {
+                        deliver(&mut frames, &mut root, parent, digest)
                     }
-                    (l, u) if l.same_leaf(u) || self.policy == MergePolicy::InputWins => {
-                        children.insert(name, upper_entry);
-                    }
-                    (l, u) => {
-                        let different = if l.kind() == u.kind() {
-                            "different "
-                        } else {
-                            ""
-                        };
-                        return Err(tree_error(
-                            "InputRootConflict",
-                            format!(
-                                "{:?}: the image has a {} and the input root has a {different}{}",
-                                join(&path, &name),
-                                l.kind(),
-                                u.kind()
-                            ),
-                        ));
+                    Expanded::Frame { frame, pairs } => {
+                        let index = frames.len();
+                        let parent_path = frame.path.clone();
+                        frames.push(Some(frame));
+                        next.extend(pairs.into_iter().map(|(name, lower, upper)| Pair {
+                            lower,
+                            upper,
+                            path: join(&parent_path, &name),
+                            parent: Some((index, name)),
+                        }));
                     }
                 }
             }
-            // All subdirectories are merged concurrently; the first error in name order
-            // is reported, so that errors do not depend on timing.
-            let merged =
-                futures::future::join_all(subdirectories.into_iter().map(|(name, l, u)| {
-                    let child_path = join(&path, &name);
-                    self.merge_directories(l, u, child_path)
-                        .map(move |result| result.map(|digest| (name, digest)))
-                }))
-                .await;
-            for result in merged {
-                let (name, digest) = result?;
-                children.insert(
-                    name.clone(),
-                    Entry::Directory(reapi::DirectoryNode {
-                        name,
-                        digest: Some(digest),
-                    }),
-                );
-            }
-            let node_properties = upper_message
-                .node_properties
-                .clone()
-                .or_else(|| lower_message.node_properties.clone());
-            self.write(&canonical(children, node_properties), &path)
+            level = next;
         }
-        .boxed()
+        // A frame's children were found after it, so going backwards writes children
+        // before their parents.
+        for index in (0..frames.len()).rev() {
+            let frame = frames[index].take().expect("each frame is written once");
+            let digest = self.write(
+                &canonical(frame.children, frame.node_properties),
+                &frame.path,
+            )?;
+            deliver(&mut frames, &mut root, frame.parent, digest);
+        }
+        Ok(root.expect("the first pair delivers the root"))
+    }
+
+    /// Reads one pair of directories and sorts their children: kept as they are,
+    /// replaced (per policy), or pairs of subdirectories to merge next.
+    async fn expand(&self, pair: Pair) -> Result<Expanded, Status> {
+        let Pair {
+            lower,
+            upper,
+            path,
+            parent,
+        } = pair;
+        if lower == upper || upper.size_bytes == 0 {
+            return Ok(Expanded::Done {
+                digest: lower,
+                parent,
+            });
+        }
+        if lower.size_bytes == 0 {
+            return Ok(Expanded::Done {
+                digest: upper,
+                parent,
+            });
+        }
+        let (lower_message, upper_message) =
+            futures::try_join!(self.get(&lower), self.get(&upper))?;
+        let mut children = entries(&lower_message, &display(&path))?;
+        let mut pairs = Vec::new();
+        for (name, upper_entry) in entries(&upper_message, &display(&path))? {
+            let Some(lower_entry) = children.get(&name) else {
+                children.insert(name, upper_entry);
+                continue;
+            };
+            match (lower_entry, &upper_entry) {
+                (Entry::Directory(l), Entry::Directory(u)) => {
+                    let child_path = join(&path, &name);
+                    let l = directory_digest(l, &child_path)?.clone();
+                    let u = directory_digest(u, &child_path)?.clone();
+                    pairs.push((name, l, u));
+                }
+                (l, u) if l.same_leaf(u) || self.policy == MergePolicy::InputWins => {
+                    children.insert(name, upper_entry);
+                }
+                (l, u) => {
+                    let different = if l.kind() == u.kind() {
+                        "different "
+                    } else {
+                        ""
+                    };
+                    return Err(tree_error(
+                        "InputRootConflict",
+                        format!(
+                            "{:?}: the image has a {} and the input root has a {different}{}",
+                            join(&path, &name),
+                            l.kind(),
+                            u.kind()
+                        ),
+                    ));
+                }
+            }
+        }
+        let node_properties = upper_message
+            .node_properties
+            .clone()
+            .or_else(|| lower_message.node_properties.clone());
+        Ok(Expanded::Frame {
+            frame: Frame {
+                path,
+                children,
+                node_properties,
+                parent,
+            },
+            pairs,
+        })
+    }
+}
+
+/// How many `Directory` reads one merge keeps in flight.
+const CONCURRENT_READS: usize = 32;
+
+/// Where a merged directory goes: the child `name` of frame `index`, or (`None`) it is
+/// the result.
+type Parent = Option<(usize, String)>;
+
+/// Two directories to merge.
+struct Pair {
+    lower: reapi::Digest,
+    upper: reapi::Digest,
+    path: String,
+    parent: Parent,
+}
+
+/// A merged directory waiting for its merged subdirectories.
+struct Frame {
+    path: String,
+    children: BTreeMap<String, Entry>,
+    node_properties: Option<reapi::NodeProperties>,
+    parent: Parent,
+}
+
+enum Expanded {
+    /// Nothing to merge: the result is one of the two.
+    Done {
+        digest: reapi::Digest,
+        parent: Parent,
+    },
+    Frame {
+        frame: Frame,
+        pairs: Vec<(String, reapi::Digest, reapi::Digest)>,
+    },
+}
+
+fn deliver(
+    frames: &mut [Option<Frame>],
+    root: &mut Option<reapi::Digest>,
+    parent: Parent,
+    digest: reapi::Digest,
+) {
+    match parent {
+        None => *root = Some(digest),
+        Some((index, name)) => {
+            let frame = frames[index]
+                .as_mut()
+                .expect("parents are written after children");
+            frame.children.insert(
+                name.clone(),
+                Entry::Directory(reapi::DirectoryNode {
+                    name,
+                    digest: Some(digest),
+                }),
+            );
+        }
     }
 }
 

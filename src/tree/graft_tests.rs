@@ -435,6 +435,18 @@ async fn stacking_images_later_wins_and_directories_merge() {
     assert_eq!(empty.root, F.empty_digest());
 }
 
+#[tokio::test]
+async fn grafting_trees_of_the_deepest_allowed_depth() {
+    let s = Recording::new();
+    let deep = vec!["d"; super::apply::MAX_DEPTH - 1].join("/");
+    let image_root = s.store(vec![file(&format!("{deep}/image"), "1")]).await;
+    let input_root = s.store(vec![file(&format!("{deep}/input"), "2")]).await;
+    let merged = graft(&s, &image_root, &input_root, "", &strict())
+        .await
+        .unwrap();
+    assert_eq!(merged.directories.len(), super::apply::MAX_DEPTH);
+}
+
 // ---- checks.rs ----
 
 #[tokio::test]

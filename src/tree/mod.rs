@@ -34,7 +34,7 @@ mod model_proptest;
 #[cfg(test)]
 mod test_support;
 
-pub use apply::{apply_layer, ApplyReport};
+pub use apply::{apply_layer, ApplyReport, MAX_DEPTH};
 pub use checks::{check_output_paths, check_usr_bin_env, check_working_directory};
 pub use directory::{Directory, Node, NodeKind};
 pub use directory_source::{CasDirectorySource, DirectorySource};
