@@ -39,11 +39,12 @@ fn every_shipped_expander_configuration_is_valid() {
     // Expander configurations in the examples are named after the binary.
     let mut examples = Vec::new();
     jsonnet_files(&root.join("examples"), &mut examples);
-    files.extend(
-        examples
-            .into_iter()
-            .filter(|p| p.file_name().unwrap().to_string_lossy().contains("expander")),
-    );
+    files.extend(examples.into_iter().filter(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("expander")
+    }));
     assert!(!files.is_empty());
     for file in files {
         let output = check_config(&file);
@@ -73,7 +74,10 @@ fn misspelled_field_is_refused_and_named() {
     let output = check_config(&path);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("grpcServers[0].listenAdresses: unknown field `listenAdresses`"), "{stderr}");
+    assert!(
+        stderr.contains("grpcServers[0].listenAdresses: unknown field `listenAdresses`"),
+        "{stderr}"
+    );
 }
 
 #[test]
