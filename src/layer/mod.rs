@@ -4,7 +4,8 @@
 //! returns a [`LayerChangeset`]: the layer's entries in tar order, with normalised paths,
 //! whiteouts and opaque markers recognised, and regular files replaced by their digests
 //! under the REAPI instance's digest function. Applying the changeset to a tree is the
-//! job of `crate::tree`; nothing here looks at lower layers.
+//! job of `crate::tree`; nothing here looks at lower layers. Entry paths are never empty,
+//! except for an opaque marker at the image root (`.wh..wh..opq`), whose path is `""`.
 //!
 //! Pipeline (one concern per file):
 //! - [`media_type`]: media type → decompressor, magic-byte sniffing (L-19…L-23);

@@ -69,7 +69,7 @@ pub(crate) enum EntryName {
     Ignored,
     /// A whiteout of this path (L-51).
     Whiteout(String),
-    /// An opaque marker for this directory (L-52).
+    /// An opaque marker for this directory (L-52); empty for the image root.
     Opaque(String),
     /// An ordinary entry at this path.
     Path(String),
@@ -99,9 +99,7 @@ pub(crate) fn classify(parts: &[&str]) -> Result<EntryName, String> {
         path
     };
     if *last == OPAQUE_MARKER {
-        if parents.is_empty() {
-            return Err("Opaque marker for the image root is not supported".to_owned());
-        }
+        // At the root this is the empty path, the only entry path that may be empty.
         return Ok(EntryName::Opaque(join(None)));
     }
     if let Some(name) = last.strip_prefix(WHITEOUT_PREFIX) {
@@ -164,8 +162,8 @@ mod tests {
         );
         assert_eq!(classify_str("d/.wh..wh.foo").unwrap(), EntryName::Ignored);
         assert_eq!(
-            classify_str(".wh..wh..opq").unwrap_err(),
-            "Opaque marker for the image root is not supported"
+            classify_str("/.wh..wh..opq").unwrap(),
+            EntryName::Opaque(String::new())
         );
     }
 

@@ -986,6 +986,7 @@ async fn whiteouts_and_opaque_markers() {
         .file("dne/../.wh.etc", b"")
         .file("usr/.wh.lib", b"")
         .entry("a/b/.wh..wh..opq", b'0', 0o000, "", b"")
+        .file("./.wh..wh..opq", b"")
         .finish();
     let changeset = ingest_tar(&tar).await.unwrap();
     assert_eq!(
@@ -994,12 +995,14 @@ async fn whiteouts_and_opaque_markers() {
             entry("etc", Kind::Whiteout(crate::proto::cache::Whiteout {})),
             entry("usr/lib", Kind::Whiteout(crate::proto::cache::Whiteout {})),
             entry("a/b", Kind::Opaque(crate::proto::cache::OpaqueDirectory {})),
+            // The root's opaque marker has the empty path, which crate::tree accepts.
+            entry("", Kind::Opaque(crate::proto::cache::OpaqueDirectory {})),
         ]
     );
     let statistics = changeset.statistics.unwrap();
     assert_eq!(
         (statistics.whiteouts, statistics.opaque_directories),
-        (2, 1)
+        (2, 2)
     );
 }
 
