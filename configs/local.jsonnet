@@ -1,7 +1,8 @@
 // A self-contained configuration for trying the expander on one machine: in-memory
-// CAS and Action Cache, gRPC on 127.0.0.1:8985, diagnostics on 127.0.0.1:9985, and a
-// scheduler on 127.0.0.1:8982.
-
+// CAS and Action Cache, gRPC on 127.0.0.1:8985, diagnostics on 127.0.0.1:9985, a
+// scheduler on 127.0.0.1:8982, and images from a registry on 127.0.0.1:5000 only
+// (docs/trying-it-out.md starts one). Every field is documented in
+// bb_container_expander.jsonnet.
 {
   global: {
     diagnosticsHttpServer: {
@@ -15,4 +16,8 @@
     actionCache: { memory: { maximumSizeBytes: 64 * 1024 * 1024 } },
   },
   scheduler: { address: '127.0.0.1:8982' },
+  containerImages: {
+    // Loopback registries speak plain HTTP; no other registry may be contacted.
+    registries: [{ hosts: ['127.0.0.1:5000', 'localhost:5000'] }],
+  },
 }
