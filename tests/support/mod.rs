@@ -8,13 +8,16 @@
 //!   uncompressed; OCI indexes and Docker manifest lists) and pushed byte-exact.
 //! - [`fake_http::FakeHttpServer`]: a scriptable HTTP/1.1 server for faults a real registry
 //!   will not produce (5xx, connections dropped mid-body).
+//! - [`chroot_worker::ChrootWorker`]: a scheduler + worker that runs actions chrooted into
+//!   their input root, as bb_runner's `chrootIntoInputRoot` does (needs root).
 //!
 //! Use from a test crate with `mod support;`. Needs the Debian packages `docker-registry`,
-//! `apache2-utils` (htpasswd) and `openssl`; a missing one fails the test with the install
-//! command, it is never skipped.
+//! `apache2-utils` (htpasswd) and `openssl` (and `bazel-bootstrap` for the Bazel end-to-end
+//! test); a missing one fails the test with the install command, it is never skipped.
 
 #![allow(dead_code)]
 
+pub mod chroot_worker;
 pub mod fake_http;
 pub mod images;
 pub mod registry_server;
@@ -24,7 +27,7 @@ use std::path::Path;
 
 /// The command that installs what this harness needs (CI runs it).
 pub const INSTALL_HINT: &str =
-    "apt-get update && apt-get install -y docker-registry apache2-utils openssl";
+    "apt-get update && apt-get install -y docker-registry apache2-utils openssl bazel-bootstrap";
 
 /// Panics with the install command if `program` is missing.
 pub fn require_program(program: &str, package: &str) {

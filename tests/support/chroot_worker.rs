@@ -1,0 +1,698 @@
+//! A minimal scheduler + worker for end-to-end tests: an in-process REAPI `Execution`
+//! and `Capabilities` server on 127.0.0.1 that runs each action the way bb_worker with
+//! bb_runner's `chrootIntoInputRoot` does.
+//!
+//! For every Execute it reads the Action and Command from the shared CAS, materialises
+//! the input root in a temporary directory (files 0555 or 0444, symlinks verbatim),
+//! creates the parents of the output paths, and runs `/usr/bin/env -- <arguments>`
+//! chrooted into the input root, with the working directory resolved inside the chroot
+//! and only the Command's environment variables. Outputs, stdout and stderr go to the
+//! CAS; a successful cacheable result goes to the Action Cache under the digest the
+//! worker received. Operations are streamed as QUEUED, EXECUTING, then a done operation
+//! with the ExecuteResponse; WaitExecution follows an operation by name.
+//!
+//! chroot(2) needs root (CI runs as root). Every action run is recorded, so tests can
+//! check what reached the worker.
+//!
+//! ```ignore
+//! let storage = BlobstoreServer::start_in_memory().await;
+//! let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
+//! // scheduler address for the expander: worker.address()
+//! ```
+
+use bb_container_expander::blobstore::{
+    get_message, ActionCache, ContentAddressableStorage, Instance,
+};
+use bb_container_expander::digest::{encode_message, DigestFunction};
+use bb_container_expander::proto::longrunning::{operation, Operation};
+use bb_container_expander::proto::protobuf::Any;
+use bb_container_expander::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
+use bb_container_expander::proto::reapi::execution_server::{Execution, ExecutionServer};
+use bb_container_expander::proto::{reapi, rpc};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use parking_lot::Mutex;
+use prost::Message;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status};
+
+const EXECUTE_OPERATION_METADATA: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const EXECUTE_RESPONSE: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+/// Name reported in `ExecutedActionMetadata.worker`.
+pub const WORKER_NAME: &str = "bb-container-expander-test-chroot-worker";
+/// Timeout of actions that set none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One action the worker ran (or tried to run).
+#[derive(Clone, Debug)]
+pub struct ExecutedAction {
+    pub instance_name: String,
+    /// The digest the worker received (the rewritten action's, behind the expander).
+    pub action_digest: reapi::Digest,
+    pub action: reapi::Action,
+    pub command: reapi::Command,
+    /// Exit code, or the error that kept the action from running.
+    pub outcome: Result<i32, String>,
+}
+
+struct State {
+    cas: Arc<dyn ContentAddressableStorage>,
+    ac: Arc<dyn ActionCache>,
+    build_directory: tempfile::TempDir,
+    next_id: AtomicU64,
+    operations: Mutex<HashMap<String, watch::Receiver<Operation>>>,
+    executed: Mutex<Vec<ExecutedAction>>,
+}
+
+/// A running worker; stops serving when dropped.
+pub struct ChrootWorker {
+    address: SocketAddr,
+    state: Arc<State>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChrootWorker {
+    /// Serves on a free 127.0.0.1 port, reading and writing blobs through `cas` and `ac`
+    /// (typically those of a `BlobstoreServer` that the client and the expander use).
+    pub async fn start(cas: Arc<dyn ContentAddressableStorage>, ac: Arc<dyn ActionCache>) -> Self {
+        let state = Arc::new(State {
+            cas,
+            ac,
+            build_directory: tempfile::tempdir().expect("build directory"),
+            next_id: AtomicU64::new(1),
+            operations: Mutex::new(HashMap::new()),
+            executed: Mutex::new(Vec::new()),
+        });
+        let handler = Handler(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("local address");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(ExecutionServer::new(handler.clone()))
+            .add_service(CapabilitiesServer::new(handler));
+        let task = tokio::spawn(async move {
+            let result = server
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = signal.await;
+                })
+                .await;
+            if let Err(e) = result {
+                eprintln!("chroot worker: server failed: {e}");
+            }
+        });
+        Self {
+            address,
+            state,
+            shutdown: Some(shutdown),
+            task,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Every action run so far, in the order they finished.
+    pub fn executed(&self) -> Vec<ExecutedAction> {
+        self.state.executed.lock().clone()
+    }
+}
+
+impl Drop for ChrootWorker {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.abort();
+    }
+}
+
+#[derive(Clone)]
+struct Handler(Arc<State>);
+
+fn operation(
+    name: &str,
+    stage: reapi::execution_stage::Value,
+    action_digest: &reapi::Digest,
+    response: Option<reapi::ExecuteResponse>,
+) -> Operation {
+    let metadata = reapi::ExecuteOperationMetadata {
+        stage: stage as i32,
+        action_digest: Some(action_digest.clone()),
+        ..Default::default()
+    };
+    Operation {
+        name: name.to_string(),
+        metadata: Some(Any {
+            type_url: EXECUTE_OPERATION_METADATA.into(),
+            value: metadata.encode_to_vec(),
+        }),
+        done: response.is_some(),
+        result: response.map(|r| {
+            operation::Result::Response(Any {
+                type_url: EXECUTE_RESPONSE.into(),
+                value: r.encode_to_vec(),
+            })
+        }),
+    }
+}
+
+/// Streams the states of an operation until it is done.
+fn follow(
+    mut receiver: watch::Receiver<Operation>,
+) -> BoxStream<'static, Result<Operation, Status>> {
+    async_stream::stream! {
+        loop {
+            let current = receiver.borrow_and_update().clone();
+            let done = current.done;
+            yield Ok(current);
+            if done {
+                break;
+            }
+            if receiver.changed().await.is_err() {
+                yield Err(Status::internal("The worker dropped the operation"));
+                break;
+            }
+        }
+    }
+    .boxed()
+}
+
+#[tonic::async_trait]
+impl Execution for Handler {
+    type ExecuteStream = BoxStream<'static, Result<Operation, Status>>;
+    type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;
+
+    async fn execute(
+        &self,
+        request: Request<reapi::ExecuteRequest>,
+    ) -> Result<Response<Self::ExecuteStream>, Status> {
+        let request = request.into_inner();
+        let action_digest = request
+            .action_digest
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
+        let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
+        function.validate(&action_digest)?;
+        let instance = Instance::new(request.instance_name.clone(), function);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}operations/chroot-worker-{id}",
+            instance_prefix(&request.instance_name)
+        );
+        let (sender, receiver) = watch::channel(operation(
+            &name,
+            reapi::execution_stage::Value::Queued,
+            &action_digest,
+            None,
+        ));
+        self.0
+            .operations
+            .lock()
+            .insert(name.clone(), receiver.clone());
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            let _ = sender.send(operation(
+                &name,
+                reapi::execution_stage::Value::Executing,
+                &action_digest,
+                None,
+            ));
+            let response = state.run(&instance, &action_digest, id).await;
+            let _ = sender.send(operation(
+                &name,
+                reapi::execution_stage::Value::Completed,
+                &action_digest,
+                Some(response),
+            ));
+        });
+        Ok(Response::new(follow(receiver)))
+    }
+
+    async fn wait_execution(
+        &self,
+        request: Request<reapi::WaitExecutionRequest>,
+    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
+        let name = request.into_inner().name;
+        let receiver = self
+            .0
+            .operations
+            .lock()
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("Operation {name:?} not found")))?;
+        Ok(Response::new(follow(receiver)))
+    }
+}
+
+fn instance_prefix(instance_name: &str) -> String {
+    if instance_name.is_empty() {
+        String::new()
+    } else {
+        format!("{instance_name}/")
+    }
+}
+
+#[tonic::async_trait]
+impl Capabilities for Handler {
+    async fn get_capabilities(
+        &self,
+        _request: Request<reapi::GetCapabilitiesRequest>,
+    ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        let version = |minor| bazel_remote_apis::build::bazel::semver::SemVer {
+            major: 2,
+            minor,
+            patch: 0,
+            prerelease: String::new(),
+        };
+        let sha256 = reapi::digest_function::Value::Sha256 as i32;
+        Ok(Response::new(reapi::ServerCapabilities {
+            cache_capabilities: Some(reapi::CacheCapabilities {
+                digest_functions: vec![sha256],
+                action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
+                    update_enabled: false,
+                }),
+                max_batch_total_size_bytes: 4 << 20,
+                symlink_absolute_path_strategy:
+                    reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
+                ..Default::default()
+            }),
+            execution_capabilities: Some(reapi::ExecutionCapabilities {
+                digest_function: sha256,
+                exec_enabled: true,
+                digest_functions: vec![sha256],
+                ..Default::default()
+            }),
+            deprecated_api_version: Some(version(0)),
+            low_api_version: Some(version(0)),
+            high_api_version: Some(version(11)),
+        }))
+    }
+}
+
+/// NOT_FOUND of an input blob becomes what bb_worker reports: FAILED_PRECONDITION with
+/// a `PreconditionFailure` naming the blob, so that clients (and the expander) can upload
+/// it again.
+fn missing_input(what: &'static str, digest: &reapi::Digest) -> impl FnOnce(Status) -> Status {
+    let digest = digest.clone();
+    move |status| {
+        if status.code() == Code::NotFound {
+            bb_container_expander::status::missing_blobs(
+                format!("Failed to obtain {what}: {}", status.message()),
+                &[digest],
+            )
+        } else {
+            status
+        }
+    }
+}
+
+/// The google.rpc.Status of an error, with its details.
+fn to_rpc_status(status: &Status) -> rpc::Status {
+    match rpc::Status::decode(status.details()) {
+        Ok(decoded) if !status.details().is_empty() => decoded,
+        _ => rpc::Status {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            details: vec![],
+        },
+    }
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Status {
+    Status::internal(format!("Failed to {what} {}: {e}", path.display()))
+}
+
+/// `parent/name` for a valid single path component (REAPI, and Buildbarn's checks).
+fn child(parent: &Path, name: &str, kind: &str) -> Result<PathBuf, Status> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Status::invalid_argument(format!(
+            "{kind} {name:?} has an invalid name"
+        )));
+    }
+    Ok(parent.join(name))
+}
+
+/// A relative path without `..`, `.` or root components, as output paths and the working
+/// directory must be.
+fn relative(path: &str, what: &str) -> Result<PathBuf, Status> {
+    let p = Path::new(path);
+    if p.components().all(|c| matches!(c, Component::Normal(_))) {
+        Ok(p.to_path_buf())
+    } else {
+        Err(Status::invalid_argument(format!("Invalid {what} {path:?}")))
+    }
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Status> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io_error("create", path, e))?;
+    file.write_all(data).map_err(|e| io_error("write", path, e))
+}
+
+impl State {
+    /// Runs one action and always returns an ExecuteResponse (errors in its status).
+    async fn run(
+        &self,
+        instance: &Instance,
+        action_digest: &reapi::Digest,
+        id: u64,
+    ) -> reapi::ExecuteResponse {
+        let directory = self.build_directory.path().join(id.to_string());
+        let mut record = ExecutedAction {
+            instance_name: instance.name.clone(),
+            action_digest: action_digest.clone(),
+            action: Default::default(),
+            command: Default::default(),
+            outcome: Err(String::new()),
+        };
+        let result = self
+            .run_in(instance, action_digest, &directory, &mut record)
+            .await;
+        // The materialised files are read-only; as root, removal works all the same.
+        let _ = std::fs::remove_dir_all(&directory);
+        record.outcome = match &result {
+            Ok(r) => Ok(r.exit_code),
+            Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+        };
+        self.executed.lock().push(record);
+        match result {
+            Ok(result) => reapi::ExecuteResponse {
+                result: Some(result),
+                status: Some(rpc::Status::default()),
+                ..Default::default()
+            },
+            Err(status) => {
+                eprintln!(
+                    "chroot worker: action {} failed: {}",
+                    action_digest.hash,
+                    status.message()
+                );
+                reapi::ExecuteResponse {
+                    status: Some(to_rpc_status(&status)),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn run_in(
+        &self,
+        instance: &Instance,
+        action_digest: &reapi::Digest,
+        directory: &Path,
+        record: &mut ExecutedAction,
+    ) -> Result<reapi::ActionResult, Status> {
+        let cas = &*self.cas;
+        let action: reapi::Action = get_message(cas, instance, action_digest)
+            .await
+            .map_err(missing_input("Action", action_digest))?;
+        record.action = action.clone();
+        let command_digest = action
+            .command_digest
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("Action has no command digest"))?;
+        let command: reapi::Command = get_message(cas, instance, &command_digest)
+            .await
+            .map_err(missing_input("Command", &command_digest))?;
+        record.command = command.clone();
+        let input_root = action
+            .input_root_digest
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("Action has no input root digest"))?;
+        if command.arguments.is_empty() {
+            return Err(Status::invalid_argument("Command has no arguments"));
+        }
+
+        let root = directory.join("root");
+        std::fs::create_dir_all(&root).map_err(|e| io_error("create", &root, e))?;
+        self.materialise(instance, &input_root, &root).await?;
+
+        let working_directory = relative(&command.working_directory, "working directory")?;
+        let outputs: Vec<String> = if command.output_paths.is_empty() {
+            #[allow(deprecated)]
+            command
+                .output_files
+                .iter()
+                .chain(command.output_directories.iter())
+                .cloned()
+                .collect()
+        } else {
+            command.output_paths.clone()
+        };
+        let host_working_directory = root.join(&working_directory);
+        for output in &outputs {
+            let path = host_working_directory.join(relative(output, "output path")?);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error("create", parent, e))?;
+            }
+        }
+
+        let mut process = tokio::process::Command::new("/usr/bin/env");
+        process
+            .arg("--")
+            .args(&command.arguments)
+            .env_clear()
+            .envs(
+                command
+                    .environment_variables
+                    .iter()
+                    .map(|v| (v.name.clone(), v.value.clone())),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let chroot = root.clone();
+        let inner_working_directory = Path::new("/").join(&working_directory);
+        // SAFETY: runs between fork and exec; chroot and chdir with short paths use a
+        // stack buffer in std and take no locks.
+        unsafe {
+            process.pre_exec(move || {
+                std::os::unix::fs::chroot(&chroot)?;
+                std::env::set_current_dir(&inner_working_directory)
+            });
+        }
+        let timeout = action
+            .timeout
+            .as_ref()
+            .filter(|t| t.seconds > 0 || t.nanos > 0)
+            .map(|t| Duration::new(t.seconds as u64, t.nanos as u32))
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let child = process.spawn().map_err(|e| {
+            Status::failed_precondition(format!(
+                "Failed to start /usr/bin/env -- {:?} chrooted into the input root: {e}",
+                command.arguments
+            ))
+        })?;
+        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(output) => output
+                .map_err(|e| Status::internal(format!("Failed to wait for the command: {e}")))?,
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "Command did not finish within {timeout:?}"
+                )))
+            }
+        };
+        let exit_code = match output.status.code() {
+            Some(code) => code,
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                128 + output.status.signal().unwrap_or(0)
+            }
+        };
+
+        let mut result = reapi::ActionResult {
+            exit_code,
+            execution_metadata: Some(reapi::ExecutedActionMetadata {
+                worker: WORKER_NAME.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut blobs: Vec<(reapi::Digest, Bytes)> = Vec::new();
+        let mut store = |data: Bytes| {
+            let digest = instance.digest_function.digest_of(&data);
+            blobs.push((digest.clone(), data));
+            digest
+        };
+        result.stdout_digest = Some(store(Bytes::from(output.stdout)));
+        result.stderr_digest = Some(store(Bytes::from(output.stderr)));
+        for output in &outputs {
+            let path = host_working_directory.join(output);
+            let metadata = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("inspect", &path, e)),
+            };
+            if metadata.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|e| io_error("read", &path, e))?;
+                let symlink = reapi::OutputSymlink {
+                    path: output.clone(),
+                    target: target.to_string_lossy().into_owned(),
+                    ..Default::default()
+                };
+                #[allow(deprecated)]
+                result.output_file_symlinks.push(symlink.clone());
+                result.output_symlinks.push(symlink);
+            } else if metadata.is_dir() {
+                let mut children = Vec::new();
+                let root = tree_of(instance.digest_function, &path, &mut children, &mut store)?;
+                let tree = reapi::Tree {
+                    root: Some(root),
+                    children,
+                };
+                let digest = store(Bytes::from(tree.encode_to_vec()));
+                result.output_directories.push(reapi::OutputDirectory {
+                    path: output.clone(),
+                    tree_digest: Some(digest),
+                    ..Default::default()
+                });
+            } else {
+                let data = std::fs::read(&path).map_err(|e| io_error("read", &path, e))?;
+                result.output_files.push(reapi::OutputFile {
+                    path: output.clone(),
+                    digest: Some(store(Bytes::from(data))),
+                    is_executable: metadata.permissions().mode() & 0o111 != 0,
+                    ..Default::default()
+                });
+            }
+        }
+        for (digest, data) in blobs {
+            cas.put(instance, &digest, data).await?;
+        }
+        if exit_code == 0 && !action.do_not_cache {
+            self.ac
+                .put_action_result(instance, action_digest, result.clone())
+                .await?;
+        }
+        Ok(result)
+    }
+
+    /// Writes the tree of `digest` into the empty directory `path`.
+    async fn materialise(
+        &self,
+        instance: &Instance,
+        digest: &reapi::Digest,
+        path: &Path,
+    ) -> Result<(), Status> {
+        let mut pending = vec![(digest.clone(), path.to_path_buf())];
+        while let Some((digest, path)) = pending.pop() {
+            let directory: reapi::Directory = get_message(&*self.cas, instance, &digest)
+                .await
+                .map_err(missing_input("input directory", &digest))?;
+            for file in &directory.files {
+                let target = child(&path, &file.name, "File")?;
+                let digest = file.digest.as_ref().ok_or_else(|| {
+                    Status::invalid_argument(format!("File {:?} has no digest", file.name))
+                })?;
+                let data = if digest.size_bytes == 0 {
+                    Bytes::new()
+                } else {
+                    self.cas
+                        .get(instance, digest)
+                        .await
+                        .map_err(missing_input("input file", digest))?
+                };
+                write_file(
+                    &target,
+                    &data,
+                    if file.is_executable { 0o555 } else { 0o444 },
+                )?;
+            }
+            for symlink in &directory.symlinks {
+                let target = child(&path, &symlink.name, "Symlink")?;
+                std::os::unix::fs::symlink(&symlink.target, &target)
+                    .map_err(|e| io_error("create symlink", &target, e))?;
+            }
+            for node in &directory.directories {
+                let target = child(&path, &node.name, "Directory")?;
+                std::fs::create_dir(&target).map_err(|e| io_error("create", &target, e))?;
+                let digest = node.digest.clone().ok_or_else(|| {
+                    Status::invalid_argument(format!("Directory {:?} has no digest", node.name))
+                })?;
+                pending.push((digest, target));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Directory of `path`, with every subdirectory appended to `children` and every
+/// file passed to `store`.
+fn tree_of(
+    function: DigestFunction,
+    path: &Path,
+    children: &mut Vec<reapi::Directory>,
+    store: &mut impl FnMut(Bytes) -> reapi::Digest,
+) -> Result<reapi::Directory, Status> {
+    let mut entries = std::fs::read_dir(path)
+        .map_err(|e| io_error("list", path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io_error("list", path, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut directory = reapi::Directory::default();
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let entry_path = entry.path();
+        let metadata = std::fs::symlink_metadata(&entry_path)
+            .map_err(|e| io_error("inspect", &entry_path, e))?;
+        if metadata.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&entry_path).map_err(|e| io_error("read", &entry_path, e))?;
+            directory.symlinks.push(reapi::SymlinkNode {
+                name,
+                target: target.to_string_lossy().into_owned(),
+                ..Default::default()
+            });
+        } else if metadata.is_dir() {
+            let sub = tree_of(function, &entry_path, children, store)?;
+            let (digest, _) = encode_message(function, &sub);
+            children.push(sub);
+            directory.directories.push(reapi::DirectoryNode {
+                name,
+                digest: Some(digest),
+            });
+        } else {
+            let data = std::fs::read(&entry_path).map_err(|e| io_error("read", &entry_path, e))?;
+            directory.files.push(reapi::FileNode {
+                name,
+                digest: Some(store(Bytes::from(data))),
+                is_executable: metadata.permissions().mode() & 0o111 != 0,
+                ..Default::default()
+            });
+        }
+    }
+    Ok(directory)
+}
+
+/// Whether the current process may chroot (is root).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
