@@ -10,6 +10,7 @@ command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v umoci >/dev/null || need+=(umoci)
+command -v bazel >/dev/null || need+=(bazel-bootstrap)
 if ((${#need[@]})); then
   echo "Installing test dependencies: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
