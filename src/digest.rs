@@ -202,8 +202,7 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_function() {
-        let err =
-            DigestFunction::from_request(DigestFunctionValue::Blake3 as i32, "").unwrap_err();
+        let err = DigestFunction::from_request(DigestFunctionValue::Blake3 as i32, "").unwrap_err();
         assert_eq!(err.message(), "Unsupported digest function: 9");
     }
 
@@ -219,6 +218,9 @@ mod tests {
             .message()
             .starts_with("Non-hexadecimal character"));
         d.hash = "ab".into();
-        assert_eq!(f.validate(&d).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            f.validate(&d).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

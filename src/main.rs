@@ -16,7 +16,12 @@ const USAGE: &str = "Usage:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["check-config", path] => check_config(path),
         ["expand", ..] => expand(&args[1..]),
         ["-h" | "--help" | "help"] => {
@@ -80,8 +85,6 @@ fn run(path: &str) -> Result<(), String> {
             program::termination_signal().await;
             let _ = shutdown_tx.send(true);
         });
-        program
-            .serve(Default::default(), shutdown_rx)
-            .await
+        program.serve(Default::default(), shutdown_rx).await
     })
 }

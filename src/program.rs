@@ -23,7 +23,9 @@ use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
 use crate::registry::OciRegistry;
-use crate::service::{CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution};
+use crate::service::{
+    CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution,
+};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +60,8 @@ impl Program {
             ac.clone(),
             images.expander_options(maximum_message_size),
         );
-        let directories = DirectoryCache::new(images.directory_cache_size_bytes.unwrap_or(256 << 20));
+        let directories =
+            DirectoryCache::new(images.directory_cache_size_bytes.unwrap_or(256 << 20));
         let rewriter = Arc::new(ActionRewriter::new(
             expander,
             directories,
@@ -129,7 +132,8 @@ impl Program {
         let mut servers: Vec<BoxFuture<'static, Result<(), String>>> =
             bind_servers(&self.config.grpc_servers, &routes, shutdown.clone()).await?;
         if let Some(diagnostics) = &self.config.global.diagnostics_http_server {
-            servers.extend(diagnostics::bind(diagnostics, readiness.clone(), shutdown.clone()).await?);
+            servers
+                .extend(diagnostics::bind(diagnostics, readiness.clone(), shutdown.clone()).await?);
         }
         for server in &self.config.grpc_servers {
             if !server.health_check_service.is_empty() {

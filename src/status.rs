@@ -99,7 +99,10 @@ mod tests {
 
     #[test]
     fn wrap_keeps_code() {
-        let s = wrap(Status::not_found("Blob not found"), "Failed to read Command");
+        let s = wrap(
+            Status::not_found("Blob not found"),
+            "Failed to read Command",
+        );
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "Failed to read Command: Blob not found");
     }

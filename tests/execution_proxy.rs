@@ -3,12 +3,12 @@
 
 use bb_container_expander::blobstore::{put_message, Instance};
 use bb_container_expander::config::{self, ApplicationConfiguration};
-use bb_container_expander::digest::{encode_message, DigestFunction};
-use bb_container_expander::testutil::BlobstoreServer;
 use bb_container_expander::diagnostics::Readiness;
+use bb_container_expander::digest::{encode_message, DigestFunction};
 use bb_container_expander::program::Program;
 use bb_container_expander::proto::reapi;
 use bb_container_expander::testutil::fake_scheduler::{FakeScheduler, Script};
+use bb_container_expander::testutil::BlobstoreServer;
 use futures::StreamExt;
 use reapi::capabilities_client::CapabilitiesClient;
 use reapi::execution_client::ExecutionClient;
@@ -133,9 +133,10 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
     expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
     let mut request = tonic::Request::new(execute_request());
-    request
-        .metadata_mut()
-        .insert_bin(REQUEST_METADATA, tonic::metadata::MetadataValue::from_bytes(b"\x0a\x05bazel"));
+    request.metadata_mut().insert_bin(
+        REQUEST_METADATA,
+        tonic::metadata::MetadataValue::from_bytes(b"\x0a\x05bazel"),
+    );
     request
         .metadata_mut()
         .insert("authorization", "Bearer secret".parse().unwrap());
@@ -151,7 +152,10 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
         // Binary metadata travels base64-encoded without padding.
         "CgViYXplbA"
     );
-    assert!(headers.get("authorization").is_none(), "authorization must not be forwarded");
+    assert!(
+        headers.get("authorization").is_none(),
+        "authorization must not be forwarded"
+    );
     drop(log);
     expander.stop().await;
 }
@@ -171,7 +175,10 @@ async fn wait_execution_and_get_capabilities_are_forwarded() {
         .unwrap()
         .into_inner();
     assert_eq!(stream.count().await, 3);
-    assert_eq!(scheduler.log().wait_execution_requests[0].name, "operation-xyz");
+    assert_eq!(
+        scheduler.log().wait_execution_requests[0].name,
+        "operation-xyz"
+    );
 
     let capabilities = CapabilitiesClient::new(channel)
         .get_capabilities(reapi::GetCapabilitiesRequest {
@@ -194,7 +201,11 @@ async fn client_cancel_cancels_the_upstream_stream() {
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
     expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
-    let mut stream = client.execute(execute_request()).await.unwrap().into_inner();
+    let mut stream = client
+        .execute(execute_request())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stream.next().await.unwrap().unwrap().name, "operation-1");
     drop(stream);
     scheduler
@@ -230,7 +241,11 @@ async fn scheduler_dying_mid_stream_yields_unavailable() {
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
     expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
-    let mut stream = client.execute(execute_request()).await.unwrap().into_inner();
+    let mut stream = client
+        .execute(execute_request())
+        .await
+        .unwrap()
+        .into_inner();
     for _ in 0..3 {
         stream.next().await.unwrap().unwrap();
     }
@@ -252,7 +267,10 @@ async fn deny_policy_refuses_calls() {
     let mut client = ExecutionClient::new(expander.channel().await);
     let status = client.execute(execute_request()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    assert_eq!(status.message(), "Authentication failed: Closed for maintenance");
+    assert_eq!(
+        status.message(),
+        "Authentication failed: Closed for maintenance"
+    );
     assert!(scheduler.log().execute_requests.is_empty());
     expander.stop().await;
 }
@@ -332,7 +350,10 @@ async fn serves_on_unix_sockets() {
 /// The error of an Execute call, whether it came with the call or as the first
 /// message of the stream.
 async fn first_error(
-    result: Result<tonic::Response<tonic::Streaming<bb_container_expander::proto::longrunning::Operation>>, tonic::Status>,
+    result: Result<
+        tonic::Response<tonic::Streaming<bb_container_expander::proto::longrunning::Operation>>,
+        tonic::Status,
+    >,
 ) -> tonic::Status {
     match result {
         Err(status) => status,
@@ -349,7 +370,9 @@ async fn http_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut response = String::new();

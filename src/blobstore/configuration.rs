@@ -20,9 +20,9 @@ pub fn new_content_addressable_storage_from_configuration(
             new_channel_from_configuration(&grpc.client)?,
             maximum_message_size_bytes,
         )),
-        BlobAccessConfiguration::Memory(memory) => {
-            Arc::new(MemoryContentAddressableStorage::new(memory.maximum_size_bytes))
-        }
+        BlobAccessConfiguration::Memory(memory) => Arc::new(MemoryContentAddressableStorage::new(
+            memory.maximum_size_bytes,
+        )),
         BlobAccessConfiguration::ReadCaching(rc) => {
             Arc::new(ReadCachingContentAddressableStorage::new(
                 new_content_addressable_storage_from_configuration(

@@ -14,9 +14,12 @@ use tonic::Status;
 
 type Key = (String, DigestFunction, String, i64);
 
+/// Entries, their insertion order (key and encoded size), and the total size.
+type State = (HashMap<Key, reapi::ActionResult>, VecDeque<(Key, u64)>, u64);
+
 pub struct MemoryActionCache {
     maximum_size_bytes: u64,
-    state: Mutex<(HashMap<Key, reapi::ActionResult>, VecDeque<(Key, u64)>, u64)>,
+    state: Mutex<State>,
 }
 
 impl MemoryActionCache {

@@ -107,10 +107,7 @@ impl ContentAddressableStorage for MemoryContentAddressableStorage {
             .lock()
             .touch(&key(instance, digest))
             .ok_or_else(|| {
-                Status::not_found(format!(
-                    "Blob {} not found",
-                    crate::digest::display(digest)
-                ))
+                Status::not_found(format!("Blob {} not found", crate::digest::display(digest)))
             })
     }
 
@@ -199,7 +196,11 @@ mod tests {
             tonic::Code::NotFound
         );
         let e = DigestFunction::Sha256.empty_digest();
-        assert!(cas.find_missing(&inst(), vec![e.clone()]).await.unwrap().is_empty());
+        assert!(cas
+            .find_missing(&inst(), vec![e.clone()])
+            .await
+            .unwrap()
+            .is_empty());
         assert!(cas.get(&inst(), &e).await.unwrap().is_empty());
     }
 
@@ -207,11 +208,21 @@ mod tests {
     async fn evicts_least_recently_used() {
         let cas = MemoryContentAddressableStorage::new(10);
         let f = DigestFunction::Sha256;
-        let (a, b, c) = (f.digest_of(b"aaaa"), f.digest_of(b"bbbb"), f.digest_of(b"cccc"));
-        cas.put(&inst(), &a, Bytes::from_static(b"aaaa")).await.unwrap();
-        cas.put(&inst(), &b, Bytes::from_static(b"bbbb")).await.unwrap();
+        let (a, b, c) = (
+            f.digest_of(b"aaaa"),
+            f.digest_of(b"bbbb"),
+            f.digest_of(b"cccc"),
+        );
+        cas.put(&inst(), &a, Bytes::from_static(b"aaaa"))
+            .await
+            .unwrap();
+        cas.put(&inst(), &b, Bytes::from_static(b"bbbb"))
+            .await
+            .unwrap();
         cas.get(&inst(), &a).await.unwrap(); // a is now more recent than b
-        cas.put(&inst(), &c, Bytes::from_static(b"cccc")).await.unwrap();
+        cas.put(&inst(), &c, Bytes::from_static(b"cccc"))
+            .await
+            .unwrap();
         assert_eq!(
             cas.find_missing(&inst(), vec![a.clone(), b.clone(), c.clone()])
                 .await

@@ -25,16 +25,12 @@ pub mod memory_action_cache;
 pub mod memory_content_addressable_storage;
 pub mod read_caching_content_addressable_storage;
 
-
-
-
 pub use existence_caching_content_addressable_storage::ExistenceCachingContentAddressableStorage;
 pub use grpc_action_cache::GrpcActionCache;
 pub use grpc_content_addressable_storage::GrpcContentAddressableStorage;
 pub use memory_action_cache::MemoryActionCache;
 pub use memory_content_addressable_storage::MemoryContentAddressableStorage;
 pub use read_caching_content_addressable_storage::ReadCachingContentAddressableStorage;
-
 
 /// The REAPI instance name and digest function a request is made for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -72,7 +72,9 @@ fn parse_platform(text: &str) -> Result<Platform, String> {
     match parts.as_slice() {
         [os, arch] => Ok(Platform::new(os, arch, "")),
         [os, arch, variant] => Ok(Platform::new(os, arch, variant)),
-        _ => Err(format!("Invalid platform {text:?}: expected OS/ARCH[/VARIANT]")),
+        _ => Err(format!(
+            "Invalid platform {text:?}: expected OS/ARCH[/VARIANT]"
+        )),
     }
 }
 

@@ -44,7 +44,9 @@ pub async fn materialize(
             if digest.size_bytes > 0 {
                 let mut chunks = cas.get_stream(instance, &digest).await?;
                 while let Some(chunk) = chunks.next().await {
-                    out.write_all(&chunk?).await.map_err(|e| io(e, &file_path))?;
+                    out.write_all(&chunk?)
+                        .await
+                        .map_err(|e| io(e, &file_path))?;
                 }
             }
             out.flush().await.map_err(|e| io(e, &file_path))?;

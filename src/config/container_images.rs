@@ -186,7 +186,10 @@ impl ContainerImagesConfiguration {
     }
 
     /// How actions are rewritten.
-    pub fn rewrite_options(&self, maximum_message_size_bytes: usize) -> crate::action::RewriteOptions {
+    pub fn rewrite_options(
+        &self,
+        maximum_message_size_bytes: usize,
+    ) -> crate::action::RewriteOptions {
         crate::action::RewriteOptions {
             property_names: self
                 .platform_property_name

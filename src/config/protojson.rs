@@ -9,7 +9,9 @@ use std::time::Duration;
 /// Parses a protobuf JSON duration: decimal seconds with up to 9 fractional digits,
 /// followed by `s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: expected seconds with an 's' suffix, e.g. \"30s\" or \"1.5s\"");
+    let bad = || {
+        format!("invalid duration {text:?}: expected seconds with an 's' suffix, e.g. \"30s\" or \"1.5s\"")
+    };
     let number = text.strip_suffix('s').ok_or_else(bad)?;
     if number.starts_with('-') {
         return Err(format!("invalid duration {text:?}: must not be negative"));
@@ -96,7 +98,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("0.000000001s").unwrap(), Duration::from_nanos(1));
+        assert_eq!(
+            parse_duration("0.000000001s").unwrap(),
+            Duration::from_nanos(1)
+        );
         assert_eq!(parse_duration(".5s").unwrap(), Duration::from_millis(500));
         for bad in ["30", "s", "1m", "-1s", "1.0000000001s", "1e3s", ""] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");

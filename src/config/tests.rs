@@ -37,8 +37,8 @@ fn loads_minimal_configuration_with_defaults() {
 #[test]
 fn environment_variables_are_external_variables() {
     // Cargo sets CARGO_PKG_NAME for test binaries; no need to mutate the environment.
-    let v = jsonnet::evaluate_snippet("x.jsonnet", "{ name: std.extVar('CARGO_PKG_NAME') }")
-        .unwrap();
+    let v =
+        jsonnet::evaluate_snippet("x.jsonnet", "{ name: std.extVar('CARGO_PKG_NAME') }").unwrap();
     assert_eq!(v["name"], "bb-container-expander");
     let err = jsonnet::evaluate_snippet("x.jsonnet", "std.extVar('SURELY_NOT_SET_VARIABLE')")
         .unwrap_err();
@@ -128,7 +128,10 @@ fn durations_in_nested_configuration() {
     let c = load(&path).unwrap();
     match c.blobstore.content_addressable_storage {
         blobstore::BlobAccessConfiguration::ExistenceCaching(e) => {
-            assert_eq!(e.existence_cache.cache_duration, std::time::Duration::from_millis(1500))
+            assert_eq!(
+                e.existence_cache.cache_duration,
+                std::time::Duration::from_millis(1500)
+            )
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -143,5 +146,8 @@ fn validation_requires_a_listen_address() {
     let text = MINIMAL.replace("listenAddresses: [':8985'], ", "");
     let path = write(dir.path(), "c.jsonnet", &text);
     let err = load(&path).unwrap_err();
-    assert!(err.contains("grpcServers[0]: no listenAddresses or listenPaths"), "{err}");
+    assert!(
+        err.contains("grpcServers[0]: no listenAddresses or listenPaths"),
+        "{err}"
+    );
 }

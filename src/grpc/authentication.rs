@@ -81,9 +81,8 @@ where
         match evaluate(&self.policy) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(message) => {
-                let status = tonic::Status::unauthenticated(format!(
-                    "Authentication failed: {message}"
-                ));
+                let status =
+                    tonic::Status::unauthenticated(format!("Authentication failed: {message}"));
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }

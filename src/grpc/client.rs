@@ -18,15 +18,15 @@ pub fn new_channel_from_configuration(config: &ClientConfiguration) -> Result<Gr
     let adder = MetadataAdder::from_configuration(config).map_err(context)?;
     let (endpoint, unix_path) = endpoint(config).map_err(context)?;
     let channel = match unix_path {
-        Some(path) => endpoint.connect_with_connector_lazy(tower::service_fn(
-            move |_: http::Uri| {
+        Some(path) => {
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
                 let path = path.clone();
                 async move {
                     let stream = tokio::net::UnixStream::connect(path).await?;
                     Ok::<_, std::io::Error>(TokioIo::new(stream))
                 }
-            },
-        )),
+            }))
+        }
         None => endpoint.connect_lazy(),
     };
     if adder.is_empty() {
@@ -40,7 +40,11 @@ pub fn new_channel_from_configuration(config: &ClientConfiguration) -> Result<Gr
 }
 
 fn endpoint(config: &ClientConfiguration) -> Result<(Endpoint, Option<String>), String> {
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let (uri, unix_path) = if let Some(path) = config.address.strip_prefix("unix://") {
         if path.is_empty() {
             return Err("UNIX socket path is empty".into());
@@ -63,9 +67,8 @@ fn endpoint(config: &ClientConfiguration) -> Result<(Endpoint, Option<String>), 
     if let Some(tls) = &config.tls {
         let mut tls_config = ClientTlsConfig::new().with_enabled_roots();
         if !tls.server_certificate_authorities.is_empty() {
-            tls_config = tls_config.ca_certificate(Certificate::from_pem(
-                &tls.server_certificate_authorities,
-            ));
+            tls_config = tls_config
+                .ca_certificate(Certificate::from_pem(&tls.server_certificate_authorities));
         }
         if !tls.server_name.is_empty() {
             tls_config = tls_config.domain_name(tls.server_name.clone());

@@ -32,7 +32,9 @@ pub async fn with_incoming_metadata<F: std::future::Future>(
 
 /// Wraps `future` so that it runs with the incoming metadata of the current call, for
 /// work spawned as a task of its own while a call is handled.
-pub fn propagate<F: std::future::Future>(future: F) -> impl std::future::Future<Output = F::Output> {
+pub fn propagate<F: std::future::Future>(
+    future: F,
+) -> impl std::future::Future<Output = F::Output> {
     let headers = INCOMING_METADATA
         .try_with(|h| h.clone())
         .unwrap_or_default();
@@ -89,7 +91,9 @@ impl MetadataAdder {
             let name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|e| format!("addMetadata: invalid header name {header:?}: {e}"))?;
             if header.to_ascii_lowercase() != *header {
-                return Err(format!("addMetadata: header name {header:?} must be lower case"));
+                return Err(format!(
+                    "addMetadata: header name {header:?} must be lower case"
+                ));
             }
             for value in values {
                 let value = HeaderValue::from_str(value).map_err(|e| {
@@ -99,9 +103,9 @@ impl MetadataAdder {
             }
         }
         let expression = match &config.add_metadata_jmespath_expression {
-            Some(e) => Some(Arc::new(jmespath::compile(&e.expression).map_err(|err| {
-                format!("addMetadataJmespathExpression: failed to compile: {err}")
-            })?)),
+            Some(e) => Some(Arc::new(jmespath::compile(&e.expression).map_err(
+                |err| format!("addMetadataJmespathExpression: failed to compile: {err}"),
+            )?)),
             None => None,
         };
         Ok(Self {
@@ -153,8 +157,9 @@ impl MetadataAdder {
             }
         };
         for (header, values) in map {
-            let name = HeaderName::from_bytes(header.as_bytes())
-                .map_err(|e| format!("JMESPath expression yielded invalid header {header:?}: {e}"))?;
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|e| {
+                format!("JMESPath expression yielded invalid header {header:?}: {e}")
+            })?;
             let values = match values {
                 // A header that the incoming call lacks: nothing to forward.
                 serde_json::Value::Null => continue,
@@ -172,7 +177,9 @@ impl MetadataAdder {
                     ));
                 };
                 let value = HeaderValue::from_str(&value).map_err(|e| {
-                    format!("JMESPath expression yielded an invalid value for header {header:?}: {e}")
+                    format!(
+                        "JMESPath expression yielded an invalid value for header {header:?}: {e}"
+                    )
                 })?;
                 outgoing.append(name.clone(), value);
             }
@@ -225,9 +232,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let empty = Arc::new(HeaderMap::new());
-        let incoming = INCOMING_METADATA
-            .try_with(|h| h.clone())
-            .unwrap_or(empty);
+        let incoming = INCOMING_METADATA.try_with(|h| h.clone()).unwrap_or(empty);
         if let Err(e) = self.adder.add(&incoming, request.headers_mut()) {
             // The call still goes out; the scheduler decides what missing metadata means.
             tracing::warn!("Not forwarding metadata: {e}");

@@ -28,7 +28,9 @@ pub async fn bind_servers(
     for config in configs {
         let layers = ServiceBuilder::new()
             .layer(MetricsLayer)
-            .layer(AuthenticationLayer::new(config.authentication_policy.clone()))
+            .layer(AuthenticationLayer::new(
+                config.authentication_policy.clone(),
+            ))
             .layer(IncomingMetadataLayer)
             .into_inner();
         for address in &config.listen_addresses {
@@ -36,7 +38,13 @@ pub async fn bind_servers(
             let listener = tokio::net::TcpListener::bind(socket_address)
                 .await
                 .map_err(|e| format!("Failed to listen on {address}: {e}"))?;
-            tracing::info!("gRPC server listening on {}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+            tracing::info!(
+                "gRPC server listening on {}",
+                listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            );
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let server = tonic::transport::Server::builder()
                 .layer(layers.clone())

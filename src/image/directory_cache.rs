@@ -55,7 +55,12 @@ impl DirectoryCache {
     }
 
     /// Adds a directory (e.g. one just written by a merge).
-    pub fn insert(&self, function: DigestFunction, digest: &reapi::Digest, directory: Arc<reapi::Directory>) {
+    pub fn insert(
+        &self,
+        function: DigestFunction,
+        digest: &reapi::Digest,
+        directory: Arc<reapi::Directory>,
+    ) {
         let key = (function, digest.hash.clone(), digest.size_bytes);
         let size = directory.encoded_len() as u64 + 64;
         if size > self.maximum_size_bytes {
@@ -66,7 +71,9 @@ impl DirectoryCache {
             return;
         }
         while s.size + size > self.maximum_size_bytes {
-            let Some((_, oldest)) = s.order.pop_first() else { break };
+            let Some((_, oldest)) = s.order.pop_first() else {
+                break;
+            };
             if let Some((_, sz, _)) = s.entries.remove(&oldest) {
                 s.size -= sz;
             }
@@ -177,6 +184,6 @@ mod tests {
             let (digest, _) = crate::digest::encode_message(f, &d);
             cache.insert(f, &digest, Arc::new(d));
         }
-        assert!(cache.len() < 10 && cache.len() > 0);
+        assert!(cache.len() < 10 && !cache.is_empty());
     }
 }

@@ -11,7 +11,16 @@
 //!      for completeness) or fetch + ingest (retried once if the registry fails)
 //!   ─► apply the changesets in manifest order ─► encode ─► upload Directories
 //!   ─► ImageRecord in the CAS ─► AC records (only now, after everything is stored)
+//!   ─► a tag resolved at the registry is recorded last, once its image expanded
 //! ```
+//!
+//! A failed expansion leaves no record of the image, its chain or its tag. Records of
+//! layers that were ingested successfully stay: a changeset is valid whatever image
+//! it belongs to, and the next attempt need not download those layers again.
+//!
+//! Concurrent callers share work: one tag resolution, one expansion per image and one
+//! ingestion per layer run at a time, and only the caller that started a piece of work
+//! counts it in [`ExpandedImage::layers_ingested`].
 //!
 //! A cached tree is used only after FindMissingBlobs says every blob it refers to is
 //! still there: on first use in this process, then again after
@@ -20,7 +29,9 @@
 use super::fake_action::{put_blob, read_record, write_record, FakeAction, Step};
 use super::metrics;
 use super::single_flight::SingleFlight;
-use crate::blobstore::{get_message, put_message, ActionCache, ContentAddressableStorage, Instance};
+use crate::blobstore::{
+    get_message, put_message, ActionCache, ContentAddressableStorage, Instance,
+};
 use crate::layer::{referenced_digests, IngestOptions, LayerDescriptor, LayerIngester};
 use crate::proto::cache::{ImageRecord, ImageStatistics, LayerChangeset};
 use crate::proto::reapi;
@@ -93,9 +104,15 @@ pub struct ExpandedImage {
     pub timings: StepTimings,
     /// Whether the tree came from a cache (no layer was ingested).
     pub from_cache: bool,
-    /// Layers ingested (not found in any cache) during this expansion.
+    /// Layers this call ingested (not found in any cache). A call that joined an
+    /// expansion or ingestion already in flight does not count it, so that a sum over
+    /// calls counts each ingestion once.
     pub layers_ingested: u64,
 }
+
+/// What one expansion flight yields: the record, whether it came from a cache, the
+/// number of layers ingested, and the time per step.
+type Expansion = (Arc<ImageRecord>, bool, u64, StepTimings);
 
 #[derive(Clone)]
 struct CachedTree {
@@ -111,8 +128,9 @@ pub struct ImageExpander {
     ingester: Arc<LayerIngester>,
     options: ExpanderOptions,
     tags: Mutex<HashMap<(Instance, Reference), (String, Instant)>>,
+    tag_flights: SingleFlight<(Instance, Reference), String>,
     trees: Mutex<HashMap<(Instance, String), CachedTree>>,
-    image_flights: SingleFlight<(Instance, String), (Arc<ImageRecord>, bool, u64, StepTimings)>,
+    image_flights: SingleFlight<(Instance, String), Expansion>,
     layer_flights: SingleFlight<(Instance, String), (Arc<LayerChangeset>, bool)>,
     ingest_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -134,6 +152,7 @@ impl ImageExpander {
             ac,
             options,
             tags: Default::default(),
+            tag_flights: Default::default(),
             trees: Default::default(),
             image_flights: Default::default(),
             layer_flights: Default::default(),
@@ -190,7 +209,8 @@ impl ImageExpander {
             ));
         }
         let started = Instant::now();
-        let resolved_digest = timed("resolve", self.resolve(instance, &reference)).await?;
+        let (resolved_digest, record_tag) =
+            timed("resolve", self.resolve(instance, &reference)).await?;
         let resolve_seconds = started.elapsed().as_secs_f64();
         let pinned = reference.with_digest(&resolved_digest)?;
         let key = FakeAction::new(
@@ -206,20 +226,27 @@ impl ImageExpander {
         let flight_instance = instance.clone();
         let platform = platform.clone();
         let flight_key = (instance.clone(), key.digest.hash.clone());
-        let (record, from_cache, layers_ingested, mut timings) = self
+        let ((record, from_cache, layers_ingested, mut timings), started_flight) = self
             .image_flights
-            .run(flight_key, async move {
+            .run_and_tell(flight_key, async move {
                 this.expand_pinned(&flight_instance, &pinned, &platform, key)
                     .await
             })
             .await?;
+        // A caller that joined an expansion in flight ingested nothing itself.
+        let layers_ingested = if started_flight { layers_ingested } else { 0 };
+        if record_tag {
+            // Only now: a tag whose image cannot be expanded leaves no record.
+            self.record_tag(instance, &reference, &resolved_digest)
+                .await?;
+        }
         timings.resolve = resolve_seconds;
         Ok(ExpandedImage {
             reference,
             resolved_digest,
             manifest_digest: record.manifest_digest.clone(),
             root_directory_digest: record.root_directory_digest.clone().unwrap_or_default(),
-            statistics: record.statistics.clone().unwrap_or_default(),
+            statistics: record.statistics.unwrap_or_default(),
             timings,
             from_cache,
             layers_ingested,
@@ -227,16 +254,23 @@ impl ImageExpander {
     }
 
     /// The digest a reference names now: its own digest, or its tag resolved through the
-    /// local cache, the Action Cache, or the registry.
-    async fn resolve(&self, instance: &Instance, reference: &Reference) -> Result<String, Status> {
+    /// local cache, the Action Cache, or the registry. Also says whether this call
+    /// resolved the tag at the registry and must record it in the Action Cache
+    /// ([`Self::record_tag`]) once the image expanded. Concurrent callers share one
+    /// registry request, whose answer is kept in the local cache at once.
+    async fn resolve(
+        self: &Arc<Self>,
+        instance: &Instance,
+        reference: &Reference,
+    ) -> Result<(String, bool), Status> {
         if let Some(digest) = reference.digest() {
-            return Ok(digest.to_string());
+            return Ok((digest.to_string(), false));
         }
         let local_key = (instance.clone(), reference.clone());
         if let Some((digest, at)) = self.tags.lock().get(&local_key) {
             if at.elapsed() < self.options.tag_ttl {
                 metrics::cache_lookup("tag_local", "hit");
-                return Ok(digest.clone());
+                return Ok((digest.clone(), false));
             }
         }
         metrics::cache_lookup("tag_local", "miss");
@@ -254,7 +288,7 @@ impl ImageExpander {
                                 .checked_sub(self.options.tag_ttl - remaining)
                                 .unwrap_or_else(Instant::now);
                             self.tags.lock().insert(local_key, (digest.clone(), at));
-                            return Ok(digest);
+                            return Ok((digest, false));
                         }
                     }
                     Err(s) if s.code() == Code::NotFound => {}
@@ -263,8 +297,28 @@ impl ImageExpander {
             }
         }
         metrics::cache_lookup("tag", "miss");
-        let digest = self.registry.resolve(reference).await?;
-        let blob = put_blob(&*self.cas, instance, Bytes::from(digest.clone())).await?;
+        let this = self.clone();
+        let flight_key = local_key.clone();
+        self.tag_flights
+            .run_and_tell(local_key, async move {
+                let digest = this.registry.resolve(&flight_key.1).await?;
+                this.tags
+                    .lock()
+                    .insert(flight_key, (digest.clone(), Instant::now()));
+                Ok(digest)
+            })
+            .await
+    }
+
+    /// Records a tag resolved at the registry in the Action Cache.
+    async fn record_tag(
+        &self,
+        instance: &Instance,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<(), Status> {
+        let key = FakeAction::new(instance, Step::ResolveTag, &[&reference.to_string()]);
+        let blob = put_blob(&*self.cas, instance, Bytes::from(digest.to_owned())).await?;
         write_record(
             &*self.cas,
             &*self.ac,
@@ -272,9 +326,7 @@ impl ImageExpander {
             &key,
             vec![("manifest-digest".into(), blob)],
         )
-        .await?;
-        self.tags.lock().insert(local_key, (digest.clone(), Instant::now()));
-        Ok(digest)
+        .await
     }
 
     async fn expand_pinned(
@@ -283,13 +335,17 @@ impl ImageExpander {
         pinned: &Reference,
         platform: &Platform,
         key: FakeAction,
-    ) -> Result<(Arc<ImageRecord>, bool, u64, StepTimings), Status> {
+    ) -> Result<Expansion, Status> {
         let mut timings = StepTimings::default();
         if let Some(record) = self.cached_tree(instance, &key, "image").await? {
             return Ok((record, true, 0, timings));
         }
         let started = Instant::now();
-        let metadata = timed("fetch_metadata", self.registry.fetch_image(pinned, platform)).await?;
+        let metadata = timed(
+            "fetch_metadata",
+            self.registry.fetch_image(pinned, platform),
+        )
+        .await?;
         timings.fetch_metadata = started.elapsed().as_secs_f64();
         let total: u64 = metadata.layers.iter().map(|l| l.size.max(0) as u64).sum();
         if total > self.options.maximum_image_size_bytes {
@@ -300,12 +356,18 @@ impl ImageExpander {
         }
         let mut chain_arguments = vec![self.options.maximum_message_size_bytes.to_string()];
         for layer in &metadata.layers {
-            chain_arguments.push(format!("{} {} {}", layer.digest, layer.diff_id, layer.media_type));
+            chain_arguments.push(format!(
+                "{} {} {}",
+                layer.digest, layer.diff_id, layer.media_type
+            ));
         }
         let chain_key = FakeAction::new(
             instance,
             Step::ApplyLayers,
-            &chain_arguments.iter().map(String::as_str).collect::<Vec<_>>(),
+            &chain_arguments
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
         );
         let (record, from_cache, layers_ingested) =
             match self.cached_tree(instance, &chain_key, "chain").await? {
@@ -322,8 +384,14 @@ impl ImageExpander {
             ..(*record).clone()
         });
         let record_blob = put_message(&*self.cas, instance, &*record).await?;
-        write_record(&*self.cas, &*self.ac, instance, &key, vec![("image-record".into(), record_blob)])
-            .await?;
+        write_record(
+            &*self.cas,
+            &*self.ac,
+            instance,
+            &key,
+            vec![("image-record".into(), record_blob)],
+        )
+        .await?;
         self.trees.lock().insert(
             (instance.clone(), key.digest.hash.clone()),
             CachedTree {
@@ -364,7 +432,10 @@ impl ImageExpander {
             }
             Err(s) => return Err(s),
         };
-        if !self.is_complete(instance, record.referenced_blobs.clone()).await? {
+        if !self
+            .is_complete(instance, record.referenced_blobs.clone())
+            .await?
+        {
             tracing::info!(
                 "Cached {cache} tree {} is incomplete in the CAS; rebuilding it",
                 crate::digest::display(&record.root_directory_digest.clone().unwrap_or_default())
@@ -385,7 +456,11 @@ impl ImageExpander {
     }
 
     /// Whether every digest is present in the CAS.
-    async fn is_complete(&self, instance: &Instance, digests: Vec<reapi::Digest>) -> Result<bool, Status> {
+    async fn is_complete(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Result<bool, Status> {
         for chunk in digests.chunks(10_000) {
             let missing = self
                 .cas
@@ -455,7 +530,13 @@ impl ImageExpander {
             let mut skipped = 0;
             for (position, (layer, changeset)) in ordered.iter().enumerate() {
                 crate::tree::apply_layer(&mut tree, changeset).map_err(|s| {
-                    wrap(s, format!("Failed to apply layer {} (position {position})", layer.digest))
+                    wrap(
+                        s,
+                        format!(
+                            "Failed to apply layer {} (position {position})",
+                            layer.digest
+                        ),
+                    )
                 })?;
                 skipped += changeset
                     .statistics
@@ -506,8 +587,14 @@ impl ImageExpander {
             statistics: Some(statistics),
         });
         let record_blob = put_message(&*self.cas, instance, &*record).await?;
-        write_record(&*self.cas, &*self.ac, instance, chain_key, vec![("image-record".into(), record_blob)])
-            .await?;
+        write_record(
+            &*self.cas,
+            &*self.ac,
+            instance,
+            chain_key,
+            vec![("image-record".into(), record_blob)],
+        )
+        .await?;
         let seconds = started.elapsed().as_secs_f64();
         metrics::step("upload_tree", true, seconds);
         timings.upload = seconds;
@@ -515,7 +602,7 @@ impl ImageExpander {
     }
 
     /// The changeset of one layer, from the Action Cache if complete, else ingested.
-    /// Returns whether it was ingested.
+    /// Returns whether this call ingested it.
     async fn layer_changeset(
         self: &Arc<Self>,
         instance: &Instance,
@@ -531,8 +618,9 @@ impl ImageExpander {
         let flight_instance = instance.clone();
         let pinned = pinned.clone();
         let layer = layer.clone();
-        self.layer_flights
-            .run((instance.clone(), key.digest.hash.clone()), async move {
+        let ((changeset, ingested), started) = self
+            .layer_flights
+            .run_and_tell((instance.clone(), key.digest.hash.clone()), async move {
                 if let Some(changeset) = this.cached_changeset(&flight_instance, &key).await? {
                     return Ok((changeset, false));
                 }
@@ -558,7 +646,9 @@ impl ImageExpander {
                 .await?;
                 Ok((Arc::new(changeset), true))
             })
-            .await
+            .await?;
+        // Another image's expansion that started this ingestion counts it.
+        Ok((changeset, ingested && started))
     }
 
     async fn cached_changeset(
@@ -582,7 +672,10 @@ impl ImageExpander {
             }
             Err(s) => return Err(s),
         };
-        if !self.is_complete(instance, referenced_digests(&changeset)).await? {
+        if !self
+            .is_complete(instance, referenced_digests(&changeset))
+            .await?
+        {
             metrics::cache_lookup("layer", "incomplete");
             return Ok(None);
         }

@@ -10,8 +10,8 @@
 //! CAS as well, so that tools like bb_browser can show what an entry is.
 
 use crate::blobstore::{put_message, ActionCache, ContentAddressableStorage, Instance};
-use crate::proto::reapi;
 use crate::proto::protobuf::Timestamp;
+use crate::proto::reapi;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
@@ -128,7 +128,10 @@ pub async fn read_record(
         Err(s) => {
             return Err(crate::status::wrap(
                 s,
-                format!("Failed to read {} record from the Action Cache", key.step.name()),
+                format!(
+                    "Failed to read {} record from the Action Cache",
+                    key.step.name()
+                ),
             ))
         }
     };
@@ -213,7 +216,11 @@ mod tests {
         let a = FakeAction::new(&sha256, Step::IngestLayer, &["sha256:aa"]);
         let b = FakeAction::new(&sha256, Step::IngestLayer, &["sha256:bb"]);
         let c = FakeAction::new(&sha256, Step::ApplyLayers, &["sha256:aa"]);
-        let d = FakeAction::new(&Instance::new("", DigestFunction::Sha512), Step::IngestLayer, &["sha256:aa"]);
+        let d = FakeAction::new(
+            &Instance::new("", DigestFunction::Sha512),
+            Step::IngestLayer,
+            &["sha256:aa"],
+        );
         assert_ne!(a.digest, b.digest);
         assert_ne!(a.digest, c.digest);
         assert_ne!(a.digest.hash.len(), d.digest.hash.len());
@@ -228,12 +235,24 @@ mod tests {
         let instance = Instance::new("x", DigestFunction::Sha256);
         let cas = MemoryContentAddressableStorage::new(1 << 20);
         let ac = MemoryActionCache::new(1 << 20);
-        let key = FakeAction::new(&instance, Step::ResolveTag, &["docker.io/library/debian:12"]);
+        let key = FakeAction::new(
+            &instance,
+            Step::ResolveTag,
+            &["docker.io/library/debian:12"],
+        );
         assert!(read_record(&ac, &instance, &key).await.unwrap().is_none());
-        let blob = put_blob(&cas, &instance, Bytes::from_static(b"sha256:1234")).await.unwrap();
-        write_record(&cas, &ac, &instance, &key, vec![("manifest-digest".into(), blob.clone())])
+        let blob = put_blob(&cas, &instance, Bytes::from_static(b"sha256:1234"))
             .await
             .unwrap();
+        write_record(
+            &cas,
+            &ac,
+            &instance,
+            &key,
+            vec![("manifest-digest".into(), blob.clone())],
+        )
+        .await
+        .unwrap();
         let record = read_record(&ac, &instance, &key).await.unwrap().unwrap();
         assert_eq!(record.output("manifest-digest"), Some(&blob));
         assert!(record.age().unwrap() < Duration::from_secs(60));

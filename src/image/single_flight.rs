@@ -36,10 +36,21 @@ where
     where
         F: std::future::Future<Output = Result<V, Status>> + Send + 'static,
     {
-        let flight = {
+        self.run_and_tell(key, work).await.map(|(value, _)| value)
+    }
+
+    /// Like [`SingleFlight::run`], and also says whether this caller started the run
+    /// (`true`) or joined one in flight (`false`, `work` is dropped unpolled). Callers
+    /// use it to account for work once: 100 callers sharing one ingestion must not
+    /// report 100 ingestions.
+    pub async fn run_and_tell<F>(&self, key: K, work: F) -> Result<(V, bool), Status>
+    where
+        F: std::future::Future<Output = Result<V, Status>> + Send + 'static,
+    {
+        let (flight, started) = {
             let mut flights = self.flights.lock();
             if let Some(flight) = flights.get(&key) {
-                flight.clone()
+                (flight.clone(), false)
             } else {
                 let flights_for_cleanup = self.flights.clone();
                 let key_for_cleanup = key.clone();
@@ -57,10 +68,13 @@ where
                 .boxed()
                 .shared();
                 flights.insert(key, flight.clone());
-                flight
+                (flight, true)
             }
         };
-        flight.await.map_err(|s| Status::new(s.code(), s.message()))
+        flight
+            .await
+            .map(|value| (value, started))
+            .map_err(|s| Status::new(s.code(), s.message()))
     }
 
     /// Number of computations in flight.
@@ -103,6 +117,45 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(flights.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_the_first_caller_is_told_it_started_the_run() {
+        let flights: Arc<SingleFlight<u8, u8>> = Default::default();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let mut callers = Vec::new();
+        for _ in 0..10 {
+            let flights = flights.clone();
+            let mut released = released.clone();
+            let arrived = arrived.clone();
+            callers.push(tokio::spawn(async move {
+                // Joins the flight in the same poll (no await in between).
+                arrived.fetch_add(1, Ordering::SeqCst);
+                flights
+                    .run_and_tell(1, async move {
+                        let _ = released.wait_for(|r| *r).await;
+                        Ok(5)
+                    })
+                    .await
+            }));
+        }
+        while arrived.load(Ordering::SeqCst) < 10 {
+            tokio::task::yield_now().await;
+        }
+        release.send(true).unwrap();
+        let mut started = 0;
+        for c in callers {
+            let (value, first) = c.await.unwrap().unwrap();
+            assert_eq!(value, 5);
+            started += usize::from(first);
+        }
+        assert_eq!(started, 1);
+        // A later run is a run of its own.
+        assert_eq!(
+            flights.run_and_tell(1, async { Ok(6) }).await.unwrap(),
+            (6, true)
+        );
     }
 
     #[tokio::test]
