@@ -8,6 +8,9 @@
 //!   output path is already image content.
 //! - [`check_usr_bin_env`]: `usr/bin/env` resolves to an executable file, as
 //!   bb_runner's `chroot_into_input_root` needs.
+//!
+//! The directories a merge wrote must be readable through the source given here
+//! (uploaded to the CAS, or held by a caching source) before these checks run.
 
 use super::directory::NodeKind;
 use super::directory_source::DirectorySource;
