@@ -3,6 +3,9 @@
 //! forwarded input root from the shared CAS; images come from a real docker-registry.
 //! See `rewrite_support` for the harness.
 
+// Command.platform is deprecated in REAPI; the rewrite must still mirror it.
+#![allow(deprecated)]
+
 mod rewrite_support;
 mod support;
 

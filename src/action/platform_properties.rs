@@ -24,7 +24,10 @@ pub fn image_references(platform: Option<&reapi::Platform>, names: &[String]) ->
 }
 
 /// The OCI platform the REAPI `OSFamily` and `ISA` properties ask for (layers.md L-14).
-pub fn wanted_platform(platform: Option<&reapi::Platform>, default: &Platform) -> Result<Platform, Status> {
+pub fn wanted_platform(
+    platform: Option<&reapi::Platform>,
+    default: &Platform,
+) -> Result<Platform, Status> {
     let values = |name: &str| -> Vec<&str> {
         platform
             .map(|p| {
@@ -52,7 +55,9 @@ pub fn rewrite(
         .filter(|property| !image_property_names.iter().any(|n| *n == property.name))
         .chain(add.iter().cloned())
         .collect();
-    properties.sort_by(|a, b| (a.name.as_bytes(), a.value.as_bytes()).cmp(&(b.name.as_bytes(), b.value.as_bytes())));
+    properties.sort_by(|a, b| {
+        (a.name.as_bytes(), a.value.as_bytes()).cmp(&(b.name.as_bytes(), b.value.as_bytes()))
+    });
     properties.dedup();
     reapi::Platform { properties }
 }
@@ -100,7 +105,12 @@ mod tests {
         let rewritten = rewrite(Some(&platform), &["container-image".to_string()], &add);
         assert_eq!(
             rewritten,
-            p(&[("Arch", "x"), ("OSFamily", "linux"), ("chroot", "true"), ("pool", "default")])
+            p(&[
+                ("Arch", "x"),
+                ("OSFamily", "linux"),
+                ("chroot", "true"),
+                ("pool", "default")
+            ])
         );
     }
 
@@ -109,6 +119,9 @@ mod tests {
         let platform = p(&[("ISA", "arm-a64"), ("OSFamily", "linux")]);
         let wanted = wanted_platform(Some(&platform), &Platform::default()).unwrap();
         assert_eq!(wanted.architecture, "arm64");
-        assert_eq!(wanted_platform(None, &Platform::default()).unwrap(), Platform::default());
+        assert_eq!(
+            wanted_platform(None, &Platform::default()).unwrap(),
+            Platform::default()
+        );
     }
 }

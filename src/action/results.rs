@@ -12,7 +12,9 @@
 //! WaitExecution carries no instance name), so that an operation that completes through
 //! WaitExecution on another replica, or after a restart, is mapped all the same.
 
-use crate::blobstore::{get_message, put_message, ActionCache, ContentAddressableStorage, Instance};
+use crate::blobstore::{
+    get_message, put_message, ActionCache, ContentAddressableStorage, Instance,
+};
 use crate::digest::DigestFunction;
 use crate::image::fake_action::{read_record, write_record, FakeAction, Step};
 use crate::proto::cache::ExpansionProvenance;
@@ -27,7 +29,8 @@ use tonic::{Code, Status};
 
 const EXECUTE_OPERATION_METADATA: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
-const EXECUTE_RESPONSE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+const EXECUTE_RESPONSE: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
 const PROVENANCE: &str = "type.googleapis.com/bb_container_expander.cache.ExpansionProvenance";
 
 /// Number of mappings kept in memory.
@@ -86,14 +89,23 @@ impl ResultMapper {
             .ok_or_else(|| Status::internal("Provenance without rewritten action digest"))?;
         let (instance, key) = mapping_key(&rewritten)?;
         let blob = put_message(&*self.cas, &instance, provenance).await?;
-        write_record(&*self.cas, &*self.ac, &instance, &key, vec![("provenance".into(), blob)])
-            .await?;
+        write_record(
+            &*self.cas,
+            &*self.ac,
+            &instance,
+            &key,
+            vec![("provenance".into(), blob)],
+        )
+        .await?;
         self.remember(&rewritten, Arc::new(provenance.clone()));
         Ok(())
     }
 
     /// The provenance of a rewritten action, if it was rewritten by any replica.
-    pub async fn lookup(&self, rewritten: &reapi::Digest) -> Result<Option<Arc<ExpansionProvenance>>, Status> {
+    pub async fn lookup(
+        &self,
+        rewritten: &reapi::Digest,
+    ) -> Result<Option<Arc<ExpansionProvenance>>, Status> {
         if let Some(p) = self.local.lock().0.get(&crate::digest::display(rewritten)) {
             return Ok(Some(p.clone()));
         }
@@ -130,11 +142,17 @@ impl ResultMapper {
 
     /// Maps one operation of a rewritten action back to the client's action, and
     /// writes a final successful result back under the client's digest.
-    pub async fn map_operation(&self, mut operation: Operation, provenance: &ExpansionProvenance) -> Operation {
+    pub async fn map_operation(
+        &self,
+        mut operation: Operation,
+        provenance: &ExpansionProvenance,
+    ) -> Operation {
         let original = provenance.original_action_digest.clone();
         if let Some(metadata) = operation.metadata.as_mut() {
             if metadata.type_url == EXECUTE_OPERATION_METADATA {
-                if let Ok(mut m) = reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice()) {
+                if let Ok(mut m) =
+                    reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice())
+                {
                     if original.is_some() {
                         m.action_digest = original.clone();
                     }
@@ -146,7 +164,9 @@ impl ResultMapper {
             if any.type_url == EXECUTE_RESPONSE {
                 if let Ok(mut response) = reapi::ExecuteResponse::decode(any.value.as_slice()) {
                     if let Some(result) = response.result.as_mut() {
-                        let metadata = result.execution_metadata.get_or_insert_with(Default::default);
+                        let metadata = result
+                            .execution_metadata
+                            .get_or_insert_with(Default::default);
                         metadata.auxiliary_metadata.push(Any {
                             type_url: PROVENANCE.into(),
                             value: provenance.encode_to_vec(),
@@ -160,16 +180,30 @@ impl ResultMapper {
         operation
     }
 
-    async fn write_back(&self, response: &reapi::ExecuteResponse, provenance: &ExpansionProvenance) {
+    async fn write_back(
+        &self,
+        response: &reapi::ExecuteResponse,
+        provenance: &ExpansionProvenance,
+    ) {
         let succeeded = response.status.as_ref().is_none_or(|s| s.code == 0);
-        let Some(result) = &response.result else { return };
-        let Some(original) = &provenance.original_action_digest else { return };
+        let Some(result) = &response.result else {
+            return;
+        };
+        let Some(original) = &provenance.original_action_digest else {
+            return;
+        };
         if !self.write_back || !succeeded || result.exit_code != 0 || provenance.do_not_cache {
             return;
         }
-        let Ok(function) = DigestFunction::from_request(0, &original.hash) else { return };
+        let Ok(function) = DigestFunction::from_request(0, &original.hash) else {
+            return;
+        };
         let instance = Instance::new(provenance.instance_name.clone(), function);
-        match self.ac.put_action_result(&instance, original, result.clone()).await {
+        match self
+            .ac
+            .put_action_result(&instance, original, result.clone())
+            .await
+        {
             Ok(()) => crate::image::metrics::cache_lookup("write_back", "written"),
             Err(s) => tracing::warn!(
                 "Failed to write the result of action {} back under the client's digest: {}",

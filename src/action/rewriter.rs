@@ -10,9 +10,16 @@
 //!
 //! Nothing is forwarded on failure. Errors say whose mistake it is: INVALID_ARGUMENT for
 //! a malformed reference or a clash between inputs and image, FAILED_PRECONDITION (with
-//! REAPI's PreconditionFailure) for a missing Action, Command or input Directory,
-//! PERMISSION_DENIED for a registry that is not allowed, UNAVAILABLE for transient
-//! faults.
+//! REAPI's PreconditionFailure naming the missing digests) for a missing Action, Command
+//! or input Directory, FAILED_PRECONDITION (without one) for a missing image or an image
+//! without `usr/bin/env`, PERMISSION_DENIED for a registry that is not allowed or
+//! rejected credentials, UNAVAILABLE for transient faults. A missing image is never
+//! NOT_FOUND: on an Execute stream that code means "operation not found", which clients
+//! answer by executing again.
+//!
+//! When a Directory of an image turns out to be gone from the CAS while the inputs are
+//! merged (evicted since the expansion was cached), the local caches are dropped and the
+//! rewrite is done once more, which re-expands what is missing; the client is not blamed.
 
 // Command.platform, output_files and output_directories are deprecated in REAPI, but
 // older clients still use them; they are read (and the platform mirrored) on purpose.
@@ -121,7 +128,8 @@ impl ActionRewriter {
         action_digest: &reapi::Digest,
     ) -> Result<Rewrite, Status> {
         instance.digest_function.validate(action_digest)?;
-        let action: reapi::Action = read_input(instance, &*self.expander, action_digest, "Action").await?;
+        let action: reapi::Action =
+            read_input(instance, &*self.expander, action_digest, "Action").await?;
         self.rewrite_action(instance, action, Some(action_digest.clone()))
             .await
     }
@@ -135,9 +143,10 @@ impl ActionRewriter {
     ) -> Result<Rewrite, Status> {
         let names = &self.options.property_names;
         let mut references = platform_properties::image_references(action.platform.as_ref(), names);
-        let command_digest = action.command_digest.clone().ok_or_else(|| {
-            Status::invalid_argument("Action has no command digest")
-        })?;
+        let command_digest = action
+            .command_digest
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("Action has no command digest"))?;
         // Older clients name the image only in Command.platform; reading the Command is
         // needed then, and in any case for a rewrite.
         let command: Option<reapi::Command> = if references.is_empty() {
@@ -158,7 +167,8 @@ impl ActionRewriter {
                 // No platform in the Action: look at the (deprecated) Command platform.
                 let command: reapi::Command =
                     read_input(instance, &*self.expander, &command_digest, "Command").await?;
-                references = platform_properties::image_references(command.platform.as_ref(), names);
+                references =
+                    platform_properties::image_references(command.platform.as_ref(), names);
                 if references.is_empty() {
                     return Ok(Rewrite::PassThrough);
                 }
@@ -166,29 +176,56 @@ impl ActionRewriter {
             }
         };
         let started = Instant::now();
-        let result = self
-            .rewrite_with_command(instance, action, command, references, original_digest)
+        let mut result = self
+            .rewrite_with_command(instance, &action, &command, &references, &original_digest)
             .await;
+        if let Err(Failure::ImageIncomplete(status)) = &result {
+            tracing::warn!(
+                "Content of image {} is gone from the CAS; expanding again: {}",
+                references.join(", "),
+                status.message()
+            );
+            self.expander.forget_local_caches();
+            self.forget_local_caches();
+            result = self
+                .rewrite_with_command(instance, &action, &command, &references, &original_digest)
+                .await;
+        }
         crate::image::metrics::step("rewrite", result.is_ok(), started.elapsed().as_secs_f64());
-        result.map(Rewrite::Rewritten)
+        match result {
+            Ok(rewritten) => Ok(Rewrite::Rewritten(rewritten)),
+            Err(Failure::Status(status)) => Err(status),
+            Err(Failure::ImageIncomplete(status)) => Err(Status::unavailable(format!(
+                "Content of image {} is missing from the Content Addressable Storage even after expanding it again: {}",
+                references.join(", "),
+                status.message()
+            ))),
+        }
     }
 
     async fn rewrite_with_command(
         &self,
         instance: &Instance,
-        action: reapi::Action,
-        command: reapi::Command,
-        references: Vec<String>,
-        original_digest: Option<reapi::Digest>,
-    ) -> Result<RewrittenAction, Status> {
+        action: &reapi::Action,
+        command: &reapi::Command,
+        references: &[String],
+        original_digest: &Option<reapi::Digest>,
+    ) -> Result<RewrittenAction, Failure> {
         let function = instance.digest_function;
         // The platform whose properties decide: the Action's, else the Command's.
-        let deciding_platform = if action.platform.as_ref().is_some_and(|p| !p.properties.is_empty()) {
+        let deciding_platform = if action
+            .platform
+            .as_ref()
+            .is_some_and(|p| !p.properties.is_empty())
+        {
             action.platform.as_ref()
         } else {
             command.platform.as_ref()
         };
-        let wanted = platform_properties::wanted_platform(deciding_platform, &self.options.default_platform)?;
+        let wanted = platform_properties::wanted_platform(
+            deciding_platform,
+            &self.options.default_platform,
+        )?;
         let expansions = futures::future::join_all(
             references
                 .iter()
@@ -197,7 +234,7 @@ impl ActionRewriter {
         .await;
         let mut images = Vec::new();
         for expansion in expansions {
-            images.push(expansion?);
+            images.push(expansion.map_err(image_error)?);
         }
         let source = self
             .directories
@@ -210,10 +247,21 @@ impl ActionRewriter {
         let image_root = if images.len() == 1 {
             images[0].root_directory_digest.clone()
         } else {
-            let roots: Vec<reapi::Digest> = images.iter().map(|i| i.root_directory_digest.clone()).collect();
-            let stacked = crate::tree::stack_images(&source, &roots, self.options.maximum_message_size_bytes)
-                .await
-                .map_err(|s| wrap(s, "Failed to stack images"))?;
+            let roots: Vec<reapi::Digest> = images
+                .iter()
+                .map(|i| i.root_directory_digest.clone())
+                .collect();
+            let stacked =
+                crate::tree::stack_images(&source, &roots, self.options.maximum_message_size_bytes)
+                    .await
+                    .map_err(|s| {
+                        let s = wrap(s, "Failed to stack images");
+                        if s.code() == Code::NotFound {
+                            Failure::ImageIncomplete(s)
+                        } else {
+                            Failure::Status(s)
+                        }
+                    })?;
             self.remember(function, &stacked.directories);
             new_directories.extend(stacked.directories);
             stacked.root
@@ -230,15 +278,34 @@ impl ActionRewriter {
             &self.options.input_root_directory,
             &merge_options,
         )
-        .await
-        .map_err(|s| self.input_error(s, &input_root, "Failed to merge the input root with the image"))?;
+        .await;
+        let merged = match merged {
+            Ok(m) => m,
+            Err(s) => {
+                return Err(self
+                    .input_error(
+                        instance,
+                        s,
+                        &input_root,
+                        "Failed to merge the input root with the image",
+                    )
+                    .await)
+            }
+        };
         self.remember(function, &merged.directories);
         new_directories.extend(merged.directories.iter().cloned());
 
-        let working_directory = join(&self.options.input_root_directory, &command.working_directory);
-        crate::tree::check_working_directory(&source, &merged.root, &working_directory)
-            .await
-            .map_err(|s| self.input_error(s, &input_root, "Invalid working directory"))?;
+        let working_directory = join(
+            &self.options.input_root_directory,
+            &command.working_directory,
+        );
+        if let Err(s) =
+            crate::tree::check_working_directory(&source, &merged.root, &working_directory).await
+        {
+            return Err(self
+                .input_error(instance, s, &input_root, "Invalid working directory")
+                .await);
+        }
         let output_paths: Vec<String> = if command.output_paths.is_empty() {
             command
                 .output_files
@@ -249,19 +316,36 @@ impl ActionRewriter {
         } else {
             command.output_paths.clone()
         };
-        crate::tree::check_output_paths(&source, &image_root, &merged.root, &working_directory, &output_paths)
-            .await
-            .map_err(|s| self.input_error(s, &input_root, "Invalid output path"))?;
+        if let Err(s) = crate::tree::check_output_paths(
+            &source,
+            &image_root,
+            &merged.root,
+            &working_directory,
+            &output_paths,
+        )
+        .await
+        {
+            return Err(self
+                .input_error(instance, s, &input_root, "Invalid output path")
+                .await);
+        }
         if self.options.require_usr_bin_env {
-            crate::tree::check_usr_bin_env(&source, &merged.root)
-                .await
-                .map_err(|s| {
-                    Status::failed_precondition(format!(
+            match crate::tree::check_usr_bin_env(&source, &merged.root).await {
+                Ok(()) => {}
+                Err(s) if s.code() == Code::NotFound => {
+                    return Err(self
+                        .input_error(instance, s, &input_root, "Failed to look for /usr/bin/env")
+                        .await)
+                }
+                Err(s) => {
+                    return Err(Status::failed_precondition(format!(
                         "Image {} cannot run on chroot workers, which execute commands through /usr/bin/env: {}",
                         references.join(", "),
                         s.message()
                     ))
-                })?;
+                    .into())
+                }
+            }
         }
 
         let property_names = &self.options.property_names;
@@ -271,7 +355,7 @@ impl ActionRewriter {
             working_directory,
             // Command.platform mirrors the Action's (reapi.md R-10), when the client set it.
             platform: command.platform.as_ref().map(|_| new_platform.clone()),
-            ..command
+            ..command.clone()
         };
         let (command_digest, command_bytes) = crate::digest::encode_message(function, &new_command);
         let new_action = reapi::Action {
@@ -296,7 +380,7 @@ impl ActionRewriter {
                 })
                 .collect(),
             merged_input_root_digest: Some(merged.root),
-            original_action_digest: original_digest,
+            original_action_digest: original_digest.clone(),
             instance_name: instance.name.clone(),
             do_not_cache: action.do_not_cache,
             rewritten_action_digest: Some(action_digest.clone()),
@@ -310,15 +394,24 @@ impl ActionRewriter {
 
     /// Keeps Directories written by a merge in the local cache, so that the checks
     /// that follow (and later actions) read them without a CAS round trip.
-    fn remember(&self, function: crate::digest::DigestFunction, directories: &[(reapi::Digest, Bytes)]) {
+    fn remember(
+        &self,
+        function: crate::digest::DigestFunction,
+        directories: &[(reapi::Digest, Bytes)],
+    ) {
         for (digest, bytes) in directories {
             if let Ok(directory) = reapi::Directory::decode(bytes.clone()) {
-                self.directories.insert(function, digest, Arc::new(directory));
+                self.directories
+                    .insert(function, digest, Arc::new(directory));
             }
         }
     }
 
-    async fn upload(&self, instance: &Instance, blobs: Vec<(reapi::Digest, Bytes)>) -> Result<(), Status> {
+    async fn upload(
+        &self,
+        instance: &Instance,
+        blobs: Vec<(reapi::Digest, Bytes)>,
+    ) -> Result<(), Status> {
         let cas = self.expander.cas();
         let digests: Vec<reapi::Digest> = blobs.iter().map(|(d, _)| d.clone()).collect();
         let missing: std::collections::HashSet<reapi::Digest> = cas
@@ -337,16 +430,31 @@ impl ActionRewriter {
             .map_err(|s| wrap(s, "Failed to upload the rewritten action"))
     }
 
-    /// Errors about the client's input root: a missing Directory is the client's to
-    /// upload (FAILED_PRECONDITION with the digest), anything else keeps its code.
-    fn input_error(&self, status: Status, input_root: &reapi::Digest, context: &str) -> Status {
+    /// Errors of the merge and of the checks after it. A missing Directory of the
+    /// client's input root is the client's to upload (FAILED_PRECONDITION naming the
+    /// Directories that are missing); a missing Directory that is not the client's
+    /// belongs to an image (`Failure::ImageIncomplete`); anything else keeps its code.
+    async fn input_error(
+        &self,
+        instance: &Instance,
+        status: Status,
+        input_root: &reapi::Digest,
+        context: &str,
+    ) -> Failure {
         if status.code() == Code::NotFound {
-            crate::status::missing_blobs(
-                format!("{context}: {}", status.message()),
-                std::slice::from_ref(input_root),
-            )
-        } else if status.code() == Code::Internal || status.code() == Code::Unavailable {
-            wrap(status, context)
+            let missing = match self.missing_input_directories(instance, input_root).await {
+                Ok(missing) => missing,
+                Err(s) => return wrap(s, context).into(),
+            };
+            return if missing.is_empty() {
+                Failure::ImageIncomplete(wrap(status, context))
+            } else {
+                crate::status::missing_blobs(format!("{context}: {}", status.message()), &missing)
+                    .into()
+            };
+        }
+        if status.code() == Code::Internal || status.code() == Code::Unavailable {
+            wrap(status, context).into()
         } else {
             // Conflicts and invalid paths are the client's inputs colliding with the image.
             Status::new(
@@ -357,7 +465,70 @@ impl ActionRewriter {
                 },
                 format!("{context}: {}", status.message()),
             )
+            .into()
         }
+    }
+
+    /// The Directories of the client's input tree that are not in the CAS (walked level
+    /// by level; only on the error path).
+    async fn missing_input_directories(
+        &self,
+        instance: &Instance,
+        input_root: &reapi::Digest,
+    ) -> Result<Vec<reapi::Digest>, Status> {
+        let cas = self.expander.cas();
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut level = vec![input_root.clone()];
+        while !level.is_empty() {
+            level.retain(|d| d.size_bytes > 0 && seen.insert(d.clone()));
+            let absent: std::collections::HashSet<reapi::Digest> = cas
+                .find_missing(instance, level.clone())
+                .await?
+                .into_iter()
+                .collect();
+            let mut next = Vec::new();
+            for digest in level {
+                if absent.contains(&digest) {
+                    missing.push(digest);
+                    continue;
+                }
+                match get_message::<reapi::Directory>(&**cas, instance, &digest).await {
+                    Ok(directory) => {
+                        next.extend(directory.directories.into_iter().filter_map(|d| d.digest))
+                    }
+                    Err(s) if s.code() == Code::NotFound => missing.push(digest),
+                    Err(s) => return Err(s),
+                }
+            }
+            level = next;
+        }
+        Ok(missing)
+    }
+}
+
+/// Why a rewrite failed.
+enum Failure {
+    /// Reported to the client as it is.
+    Status(Status),
+    /// A Directory of an image is gone from the CAS: expand again.
+    ImageIncomplete(Status),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        Failure::Status(status)
+    }
+}
+
+/// Errors of image expansion as the client sees them: a missing image is
+/// FAILED_PRECONDITION (the client's to fix), not NOT_FOUND (see the module
+/// documentation); other codes are kept.
+fn image_error(status: Status) -> Status {
+    if status.code() == Code::NotFound {
+        Status::failed_precondition(status.message())
+    } else {
+        status
     }
 }
 
@@ -373,7 +544,10 @@ async fn read_input<M: Message + Default>(
     match get_message::<M>(&**expander.cas(), instance, digest).await {
         Ok(m) => Ok(m),
         Err(s) if s.code() == Code::NotFound => Err(crate::status::missing_blobs(
-            format!("{what} {} is not in the Content Addressable Storage", crate::digest::display(digest)),
+            format!(
+                "{what} {} is not in the Content Addressable Storage",
+                crate::digest::display(digest)
+            ),
             std::slice::from_ref(digest),
         )),
         Err(s) => Err(wrap(s, format!("Failed to read {what}"))),

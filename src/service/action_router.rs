@@ -18,7 +18,8 @@ use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-const REQUEST_METADATA: &str = "type.googleapis.com/build.bazel.remote.execution.v2.RequestMetadata";
+const REQUEST_METADATA: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.RequestMetadata";
 
 pub struct ExpandingActionRouter {
     rewriter: Arc<ActionRewriter>,
@@ -69,7 +70,11 @@ impl ActionRouter for ExpandingActionRouter {
             .unwrap_or_default();
         let function = DigestFunction::from_request(request.digest_function, &hash_hint)?;
         let instance = Instance::new(request.instance_name, function);
-        let action = match self.rewriter.rewrite_action(&instance, action.clone(), None).await? {
+        let action = match self
+            .rewriter
+            .rewrite_action(&instance, action.clone(), None)
+            .await?
+        {
             Rewrite::PassThrough => action,
             Rewrite::Rewritten(rewritten) => rewritten.action,
         };

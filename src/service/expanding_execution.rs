@@ -9,16 +9,22 @@
 //! between gives up. The action's own timeout is not touched: expansion time is not
 //! counted against it.
 //!
-//! If the scheduler reports blobs missing that the expander provided (image content
-//! evicted since expansion), the local caches are dropped, the action is rewritten again
-//! (re-ingesting what is gone) and forwarded once more.
+//! If the scheduler reports blobs missing for a rewritten action (image content evicted
+//! since expansion), the local caches are dropped, the action is rewritten again
+//! (re-ingesting what is gone) and forwarded once more. Missing blobs are reported in two
+//! ways, and both are handled: bb_scheduler fails the Execute call itself when the Action
+//! is missing, and bb_worker completes the operation with an ExecuteResponse whose status
+//! is FAILED_PRECONDITION with a PreconditionFailure when input blobs are missing. In the
+//! second case the operations of the first attempt that came before the final one have
+//! been relayed already; the final one is not, and the client sees the operations of the
+//! second attempt next.
 
 use super::execution_proxy::{grpc_timeout, ExecutionProxy, OperationStream};
 use crate::action::results::ResultMapper;
 use crate::action::{ActionRewriter, Rewrite, RewrittenAction};
 use crate::blobstore::Instance;
 use crate::digest::DigestFunction;
-use crate::proto::longrunning::Operation;
+use crate::proto::longrunning::{operation, Operation};
 use crate::proto::protobuf::Any;
 use crate::proto::reapi;
 use crate::proto::reapi::execution_server::Execution;
@@ -28,7 +34,7 @@ use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 #[derive(Clone)]
 pub struct ExpandingExecution {
@@ -62,7 +68,9 @@ impl ExpandingExecution {
         Operation {
             name: name.to_string(),
             metadata: Some(Any {
-                type_url: "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata".into(),
+                type_url:
+                    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata"
+                        .into(),
                 value: metadata.encode_to_vec(),
             }),
             done: false,
@@ -80,7 +88,10 @@ impl ExpandingExecution {
     ) -> Option<Result<Rewrite, Status>> {
         let rewrite = self.rewriter.rewrite_digest(instance, action_digest);
         tokio::pin!(rewrite);
-        let name = format!("bb-container-expander/expanding/{}", crate::blobstore::grpc_content_addressable_storage::new_upload_uuid());
+        let name = format!(
+            "bb-container-expander/expanding/{}",
+            crate::blobstore::grpc_content_addressable_storage::new_upload_uuid()
+        );
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.keepalive_interval,
             self.keepalive_interval,
@@ -112,22 +123,31 @@ impl ExpandingExecution {
     }
 
     /// Relays `stream` into `sender`, mapping operations back when `provenance` is set.
+    /// With `retry_on_missing_blobs`, a final operation (or an error) reporting blobs
+    /// missing is not relayed but returned.
     async fn relay(
         &self,
         mut stream: OperationStream,
         provenance: Option<Arc<crate::proto::cache::ExpansionProvenance>>,
+        retry_on_missing_blobs: bool,
         sender: &mpsc::Sender<Result<Operation, Status>>,
-    ) {
+    ) -> Relayed {
         while let Some(item) = stream.next().await {
+            if retry_on_missing_blobs {
+                if let Some(message) = missing_blobs_reported(&item) {
+                    return Relayed::MissingBlobs(message);
+                }
+            }
             let item = match (item, &provenance) {
                 (Ok(op), Some(p)) => Ok(self.results.map_operation(op, p).await),
                 (other, _) => other,
             };
             if sender.send(item).await.is_err() {
                 // The client went away: dropping `stream` cancels the upstream call.
-                return;
+                return Relayed::Done;
             }
         }
+        Relayed::Done
     }
 
     async fn execute_task(
@@ -152,29 +172,32 @@ impl ExpandingExecution {
                     Rewrite::PassThrough => {
                         crate::image::metrics::cache_lookup("actions", "passed_through");
                         let stream = self.upstream.forward_execute(request.clone(), timeout).await?;
-                        self.relay(stream, None, &sender).await;
+                        self.relay(stream, None, false, &sender).await;
                         return Ok(());
                     }
                     Rewrite::Rewritten(rewritten) => {
                         crate::image::metrics::cache_lookup("actions", "rewritten");
-                        match self.forward_rewritten(&request, &rewritten, timeout).await {
+                        let missing = match self.forward_rewritten(&request, &rewritten, timeout).await {
                             Ok(stream) => {
-                                self.relay(stream, Some(Arc::new(rewritten.provenance)), &sender).await;
-                                return Ok(());
+                                let provenance = Some(Arc::new(rewritten.provenance));
+                                match self.relay(stream, provenance, !retried, &sender).await {
+                                    Relayed::Done => return Ok(()),
+                                    Relayed::MissingBlobs(message) => message,
+                                }
                             }
                             Err(status)
                                 if !retried && !crate::status::missing_blobs_of(&status).is_empty() =>
                             {
-                                tracing::warn!(
-                                    "Scheduler reports missing blobs for a rewritten action; expanding again: {}",
-                                    status.message()
-                                );
-                                self.rewriter.expander().forget_local_caches();
-                                self.rewriter.forget_local_caches();
-                                retried = true;
+                                status.message().to_string()
                             }
                             Err(status) => return Err(status),
-                        }
+                        };
+                        tracing::warn!(
+                            "Scheduler reports missing blobs for a rewritten action; expanding again: {missing}"
+                        );
+                        self.rewriter.expander().forget_local_caches();
+                        self.rewriter.forget_local_caches();
+                        retried = true;
                     }
                 }
             }
@@ -183,6 +206,47 @@ impl ExpandingExecution {
         if let Err(status) = result {
             let _ = sender.send(Err(status)).await;
         }
+    }
+}
+
+/// How relaying an operation stream ended.
+enum Relayed {
+    /// The stream ended (an error included, which was relayed), or the client went away.
+    Done,
+    /// The scheduler reported blobs missing (not relayed); the message says which.
+    MissingBlobs(String),
+}
+
+/// The message of an error, or of a final operation, that reports blobs missing with
+/// REAPI's PreconditionFailure, if `item` is one.
+fn missing_blobs_reported(item: &Result<Operation, Status>) -> Option<String> {
+    let status = match item {
+        Err(status) => status.clone(),
+        Ok(op) if op.done => {
+            let status = match &op.result {
+                Some(operation::Result::Response(any)) => {
+                    reapi::ExecuteResponse::decode(any.value.as_slice())
+                        .ok()?
+                        .status?
+                }
+                Some(operation::Result::Error(status)) => status.clone(),
+                None => return None,
+            };
+            if status.code != Code::FailedPrecondition as i32 {
+                return None;
+            }
+            Status::with_details(
+                Code::FailedPrecondition,
+                status.message.clone(),
+                status.encode_to_vec().into(),
+            )
+        }
+        Ok(_) => return None,
+    };
+    if crate::status::missing_blobs_of(&status).is_empty() {
+        None
+    } else {
+        Some(status.message().to_string())
     }
 }
 
@@ -201,7 +265,9 @@ impl Execution for ExpandingExecution {
         let request = request.into_inner();
         // Runs in the scope of the incoming call, so metadata forwarding still sees its
         // headers.
-        tokio::spawn(crate::grpc::metadata_forwarding::propagate(this.execute_task(request, timeout, sender)));
+        tokio::spawn(crate::grpc::metadata_forwarding::propagate(
+            this.execute_task(request, timeout, sender),
+        ));
         Ok(Response::new(
             tokio_stream::wrappers::ReceiverStream::new(receiver).boxed(),
         ))
@@ -219,7 +285,10 @@ impl Execution for ExpandingExecution {
                 request.name
             )));
         }
-        let stream = self.upstream.forward_wait_execution(request, timeout).await?;
+        let stream = self
+            .upstream
+            .forward_wait_execution(request, timeout)
+            .await?;
         let results = self.results.clone();
         // Each operation names the rewritten action; map it back when it is one of ours.
         let mapped = stream.then(move |item| {

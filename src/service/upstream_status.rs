@@ -1,5 +1,7 @@
 //! How failures of the upstream scheduler reach the client. A status produced by the
-//! scheduler itself is relayed as it is; a failure of the connection (the scheduler is
+//! scheduler itself is relayed with its code and details (a PreconditionFailure naming
+//! missing blobs is what tells a client to upload them again), its message prefixed
+//! with what the expander was doing; a failure of the connection (the scheduler is
 //! unreachable, or died mid-stream) becomes UNAVAILABLE, so that clients retry instead
 //! of treating it as a verdict on their action.
 
@@ -16,8 +18,26 @@ pub fn from_upstream(status: Status, context: &str) -> Status {
     if connection_failure {
         Status::unavailable(format!("{context}: {}", status.message()))
     } else {
-        crate::status::wrap(status, context)
+        wrap_keeping_details(status, context)
     }
+}
+
+/// Prefixes the message of `status` with `context`, keeping its code and details (the
+/// message inside the details is prefixed too, so both say the same).
+fn wrap_keeping_details(status: Status, context: &str) -> Status {
+    use prost::Message;
+    let message = format!("{context}: {}", status.message());
+    if status.details().is_empty() {
+        return Status::new(status.code(), message);
+    }
+    let details: bytes::Bytes = match crate::proto::rpc::Status::decode(status.details()) {
+        Ok(mut details) => {
+            details.message = message.clone();
+            details.encode_to_vec().into()
+        }
+        Err(_) => bytes::Bytes::copy_from_slice(status.details()),
+    };
+    Status::with_details(status.code(), message, details)
 }
 
 fn has_transport_source(status: &Status) -> bool {
@@ -34,5 +54,33 @@ fn has_transport_source(status: &Status) -> bool {
     }
     // Errors decoded from HTTP/2 frames carry no source but say so in the text.
     let m = status.message();
-    m.contains("h2 protocol error") || m.contains("error reading a body from connection") || m.contains("transport error")
+    m.contains("h2 protocol error")
+        || m.contains("error reading a body from connection")
+        || m.contains("transport error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_statuses_keep_code_and_details() {
+        let digest = crate::digest::DigestFunction::Sha256.digest_of(b"action");
+        let missing =
+            crate::status::missing_blobs("Action not found", std::slice::from_ref(&digest));
+        let relayed = from_upstream(missing, "Failed to forward Execute to the scheduler");
+        assert_eq!(relayed.code(), Code::FailedPrecondition);
+        assert_eq!(
+            relayed.message(),
+            "Failed to forward Execute to the scheduler: Action not found"
+        );
+        assert_eq!(
+            crate::status::missing_blobs_of(&relayed),
+            vec![format!("blobs/{}/6", digest.hash)]
+        );
+        let plain = from_upstream(Status::invalid_argument("Bad platform"), "Context");
+        assert_eq!(plain.code(), Code::InvalidArgument);
+        assert_eq!(plain.message(), "Context: Bad platform");
+        assert!(plain.details().is_empty());
+    }
 }
