@@ -125,20 +125,25 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
     let mut all_ok = true;
     for image in &args.images {
         let started = Instant::now();
-        let line = match expander.expand(&instance, image, &platform).await {
-            Ok(expanded) => {
-                if let Some(dir) = &args.materialize {
-                    crate::cli::materialize::materialize(
-                        &*cas,
-                        &instance,
-                        &expanded.root_directory_digest,
-                        dir,
-                    )
-                    .await
-                    .map_err(|s| format!("Failed to materialize {image}: {}", s.message()))?;
-                }
-                success_json(image, &expanded, started.elapsed().as_secs_f64())
+        let mut result = expander.expand(&instance, image, &platform).await;
+        if let (Ok(expanded), Some(dir)) = (&result, &args.materialize) {
+            // A failure to write the tree is this image's failure: an error line too.
+            let written = crate::cli::materialize::materialize(
+                &*cas,
+                &instance,
+                &expanded.root_directory_digest,
+                dir,
+            )
+            .await;
+            if let Err(status) = written {
+                result = Err(crate::status::wrap(
+                    status,
+                    format!("Failed to materialize {image} in {}", dir.display()),
+                ));
             }
+        }
+        let line = match result {
+            Ok(expanded) => success_json(image, &expanded, started.elapsed().as_secs_f64()),
             Err(status) => {
                 all_ok = false;
                 json!({
