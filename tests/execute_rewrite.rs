@@ -658,3 +658,40 @@ async fn worker_sees_every_node_kind_of_the_inputs() {
     drop(log);
     expander.stop().await;
 }
+
+#[tokio::test]
+async fn rewrite_does_not_depend_on_the_local_directory_cache_holding_what_it_wrote() {
+    let cluster = Cluster::start().await;
+    cluster.push("test/base", "v1", &base_image()).await;
+    let overlay = image_of(&[
+        TarEntry::Dir("etc".into(), 0o755),
+        TarEntry::file("etc/overlay", b"o\n"),
+    ]);
+    cluster.push("test/overlay", "v1", &overlay).await;
+    // A cache too small for any Directory: everything the stacking and the merge
+    // wrote must still be readable by the steps after them.
+    let expander = cluster
+        .expander("{ directoryCacheSizeBytes: '1', inputRootDirectory: 'x/y' }")
+        .await;
+    let action = ClientAction {
+        inputs: InputTree::new()
+            .file("src/main.c", b"int main() { return 0; }\n")
+            .file("src/sub/deeper.c", b"1\n"),
+        working_directory: "src/sub".into(),
+        ..ClientAction::with_images(&[
+            &cluster.reference("test/base:v1"),
+            &cluster.reference("test/overlay:v1"),
+        ])
+    };
+    let stored = cluster.store(&action).await;
+    let outcome = expander.execute(stored.request()).await;
+    assert_eq!(outcome.result().exit_code, 0);
+    let log = cluster.worker.log();
+    let seen = &log.executions[0];
+    assert_eq!(seen.command.working_directory, "x/y/src/sub");
+    assert_eq!(seen.file("x/y/src/sub/deeper.c"), Some(&b"1\n"[..]));
+    assert_eq!(seen.file("etc/overlay"), Some(&b"o\n"[..]));
+    assert_eq!(seen.file("etc/os-release"), Some(&b"ID=base\n"[..]));
+    drop(log);
+    expander.stop().await;
+}

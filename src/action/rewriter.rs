@@ -32,9 +32,10 @@ use crate::proto::cache::{expansion_provenance, ExpansionProvenance};
 use crate::proto::reapi;
 use crate::registry::Platform;
 use crate::status::wrap;
-use crate::tree::{MergeOptions, MergePolicy};
+use crate::tree::{DirectorySource, MergeOptions, MergePolicy};
 use bytes::Bytes;
 use prost::Message;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Code, Status};
@@ -236,9 +237,16 @@ impl ActionRewriter {
         for expansion in expansions {
             images.push(expansion.map_err(image_error)?);
         }
-        let source = self
+        let cached = self
             .directories
             .source(self.expander.cas().clone(), instance.clone());
+        // Directories written by this rewrite are uploaded only at the end; until then
+        // the steps that follow read them from here, whatever the bounded local cache
+        // keeps.
+        let mut source = WrittenOverlay {
+            written: HashMap::new(),
+            inner: &cached,
+        };
         let merge_options = MergeOptions {
             policy: self.options.conflict_policy,
             max_message_size: self.options.maximum_message_size_bytes,
@@ -262,7 +270,7 @@ impl ActionRewriter {
                             Failure::Status(s)
                         }
                     })?;
-            self.remember(function, &stacked.directories);
+            self.remember(function, &stacked.directories, &mut source);
             new_directories.extend(stacked.directories);
             stacked.root
         };
@@ -292,7 +300,7 @@ impl ActionRewriter {
                     .await)
             }
         };
-        self.remember(function, &merged.directories);
+        self.remember(function, &merged.directories, &mut source);
         new_directories.extend(merged.directories.iter().cloned());
 
         let working_directory = join(
@@ -392,17 +400,19 @@ impl ActionRewriter {
         })
     }
 
-    /// Keeps Directories written by a merge in the local cache, so that the checks
-    /// that follow (and later actions) read them without a CAS round trip.
+    /// Makes Directories written by a merge readable by the steps that follow (through
+    /// `overlay`) and keeps them in the local cache for later actions.
     fn remember(
         &self,
         function: crate::digest::DigestFunction,
         directories: &[(reapi::Digest, Bytes)],
+        overlay: &mut WrittenOverlay<'_>,
     ) {
         for (digest, bytes) in directories {
             if let Ok(directory) = reapi::Directory::decode(bytes.clone()) {
-                self.directories
-                    .insert(function, digest, Arc::new(directory));
+                let directory = Arc::new(directory);
+                self.directories.insert(function, digest, directory.clone());
+                overlay.written.insert(digest.clone(), directory);
             }
         }
     }
@@ -504,6 +514,27 @@ impl ActionRewriter {
             level = next;
         }
         Ok(missing)
+    }
+}
+
+/// A [`DirectorySource`] that serves the Directories one rewrite wrote (not yet in
+/// the CAS) and reads all others from `inner`.
+struct WrittenOverlay<'a> {
+    written: HashMap<reapi::Digest, Arc<reapi::Directory>>,
+    inner: &'a dyn DirectorySource,
+}
+
+#[async_trait::async_trait]
+impl DirectorySource for WrittenOverlay<'_> {
+    async fn get_directory(&self, digest: &reapi::Digest) -> Result<Arc<reapi::Directory>, Status> {
+        match self.written.get(digest) {
+            Some(directory) => Ok(directory.clone()),
+            None => self.inner.get_directory(digest).await,
+        }
+    }
+
+    fn digest_function(&self) -> crate::digest::DigestFunction {
+        self.inner.digest_function()
     }
 }
 
