@@ -29,7 +29,7 @@ async fn image_files_inputs_and_working_directory_reach_the_worker() {
     let result = outcome.result();
     assert_eq!(result.exit_code, 0);
 
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     assert_eq!(log.executions.len(), 1);
     let seen = &log.executions[0];
     // The image.
@@ -101,7 +101,6 @@ async fn image_files_inputs_and_working_directory_reach_the_worker() {
         Some(seen.action_digest())
     );
     assert_eq!(provenance[0].instance_name, INSTANCE);
-    drop(log);
     expander.stop().await;
 }
 
@@ -128,7 +127,7 @@ async fn action_without_image_passes_through_untouched() {
                 Some(&stored.digest)
             );
         }
-        let log = cluster.worker.log();
+        let log = cluster.worker.snapshot();
         assert_eq!(log.execute_requests[i], request, "forwarded as it came");
         let seen = &log.executions[i];
         assert_eq!(seen.action, stored.action);
@@ -157,7 +156,7 @@ async fn operations_are_relayed_with_the_clients_action_digest() {
     let outcome = expander.execute(request.clone()).await;
     outcome.result();
 
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     // The forwarded request differs in the action digest only.
     assert_eq!(
@@ -193,7 +192,6 @@ async fn operations_are_relayed_with_the_clients_action_digest() {
         );
     }
     assert!(operations[2].done);
-    drop(log);
     expander.stop().await;
 }
 
@@ -235,7 +233,7 @@ async fn platform_is_rewritten_in_action_and_command_strictly_sorted() {
     for (i, action) in [current, old_client].iter().enumerate() {
         let stored = cluster.store(action).await;
         expander.execute(stored.request()).await.result();
-        let log = cluster.worker.log();
+        let log = cluster.worker.snapshot();
         let seen = &log.executions[i];
         assert!(seen.is_executable("usr/bin/env"), "rewritten (client {i})");
         assert_eq!(pairs(seen.action.platform.as_ref()), expected, "client {i}");
@@ -289,7 +287,7 @@ async fn images_are_merged_in_their_order_in_the_action_later_wins() {
     for (i, (images, os_release, manifests)) in cases.iter().enumerate() {
         let stored = cluster.store(&ClientAction::with_images(images)).await;
         let result = expander.execute(stored.request()).await.result();
-        let log = cluster.worker.log();
+        let log = cluster.worker.snapshot();
         let seen = &log.executions[i];
         assert_eq!(
             seen.file("etc/os-release"),
@@ -343,7 +341,7 @@ async fn input_root_grafted_under_a_directory_moves_the_working_directory() {
     assert_eq!(result.output_files.len(), 1);
     assert_eq!(result.output_files[0].path, "out/result.txt");
 
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     assert_eq!(seen.command.working_directory, "bazel_exec_root/src");
     assert!(seen.is_directory("bazel_exec_root/src"));
@@ -369,7 +367,6 @@ async fn input_root_grafted_under_a_directory_moves_the_working_directory() {
     assert_eq!(seen.file("etc/os-release"), Some(&b"ID=base\n"[..]));
     assert!(seen.is_executable("usr/bin/env"));
     assert!(!seen.input_root.contains_key("src"));
-    drop(log);
 
     // An empty working directory becomes the graft directory itself.
     let at_root = ClientAction {
@@ -403,7 +400,7 @@ async fn input_root_merged_at_the_image_root_under_both_conflict_policies() {
     let stored = cluster.store(&identical).await;
     expander.execute(stored.request()).await.result();
     {
-        let log = cluster.worker.log();
+        let log = cluster.worker.snapshot();
         let seen = &log.executions[0];
         assert_eq!(seen.file("etc/os-release"), Some(&b"ID=base\n"[..]));
         assert_eq!(seen.file("usr/lib/libmine.so"), Some(&b"mine\n"[..]));
@@ -428,7 +425,7 @@ async fn input_root_merged_at_the_image_root_under_both_conflict_policies() {
     };
     let stored = cluster.store(&clashing).await;
     expander.execute(stored.request()).await.result();
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[1];
     assert_eq!(seen.file("etc/os-release"), Some(&b"ID=mine\n"[..]));
     assert!(seen.is_directory("lib"));
@@ -438,7 +435,6 @@ async fn input_root_merged_at_the_image_root_under_both_conflict_policies() {
         Some(&b"not really libc\n"[..])
     );
     assert!(seen.is_executable("usr/bin/env"));
-    drop(log);
     expander.stop().await;
 }
 
@@ -474,7 +470,7 @@ async fn successful_result_is_written_back_under_the_clients_digest_with_provena
     let provenance = provenance_of(&cached);
     assert_eq!(provenance.len(), 1);
     assert_eq!(provenance[0].images[0].manifest_digest, manifest);
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     assert_eq!(
         provenance[0].merged_input_root_digest,
@@ -490,7 +486,6 @@ async fn successful_result_is_written_back_under_the_clients_digest_with_provena
         .await
         .unwrap();
     assert!(provenance_of(&rewritten).is_empty());
-    drop(log);
     expander.stop().await;
 }
 
@@ -647,7 +642,7 @@ async fn worker_sees_every_node_kind_of_the_inputs() {
     };
     let stored = cluster.store(&action).await;
     expander.execute(stored.request()).await.result();
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     assert_eq!(seen.symlink("b/src/link"), Some("main.c"));
     assert_eq!(
@@ -655,7 +650,6 @@ async fn worker_sees_every_node_kind_of_the_inputs() {
         Some(&InputNode::Directory)
     );
     assert!(seen.is_executable("b/tools/run"));
-    drop(log);
     expander.stop().await;
 }
 
@@ -686,12 +680,11 @@ async fn rewrite_does_not_depend_on_the_local_directory_cache_holding_what_it_wr
     let stored = cluster.store(&action).await;
     let outcome = expander.execute(stored.request()).await;
     assert_eq!(outcome.result().exit_code, 0);
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     assert_eq!(seen.command.working_directory, "x/y/src/sub");
     assert_eq!(seen.file("x/y/src/sub/deeper.c"), Some(&b"1\n"[..]));
     assert_eq!(seen.file("etc/overlay"), Some(&b"o\n"[..]));
     assert_eq!(seen.file("etc/os-release"), Some(&b"ID=base\n"[..]));
-    drop(log);
     expander.stop().await;
 }

@@ -448,10 +448,9 @@ async fn missing_input_blobs_the_merge_does_not_read_are_reported_by_the_worker(
     );
     // The expander cannot tell the client's blobs from the image's: it expanded again
     // and retried once, then relayed the worker's verdict.
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     assert_eq!(log.execute_requests.len(), 2);
     assert_eq!(log.incomplete_inputs, vec![vec![lost.clone()], vec![lost]]);
-    drop(log);
     let finals: Vec<_> = outcome
         .real_operations()
         .into_iter()

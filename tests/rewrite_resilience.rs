@@ -137,11 +137,10 @@ async fn scheduler_refusing_with_missing_blobs_once_gets_the_action_again() {
         .await;
     let outcome = expander.execute(stored.request()).await;
     assert_eq!(outcome.result().exit_code, 0);
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     assert_eq!(log.execute_requests.len(), 2);
     assert_eq!(log.execute_requests[0], log.execute_requests[1]);
     assert_eq!(log.executions.len(), 1);
-    drop(log);
     assert!(cluster.get_action_result(&stored.digest).await.is_ok());
 
     // Twice: the second refusal reaches the client, with its PreconditionFailure.
@@ -206,7 +205,7 @@ async fn image_file_evicted_from_the_cas_is_ingested_again_and_the_action_retrie
     let outcome = expander.execute(second.request()).await;
     assert_eq!(outcome.result().exit_code, 0);
 
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     assert_eq!(
         log.incomplete_inputs,
         vec![vec![libc.clone()]],
@@ -217,7 +216,6 @@ async fn image_file_evicted_from_the_cas_is_ingested_again_and_the_action_retrie
         log.executions[1].file("usr/lib/libc.so.6"),
         Some(&b"not really libc\n"[..])
     );
-    drop(log);
     let finals = outcome
         .real_operations()
         .into_iter()
@@ -279,7 +277,7 @@ async fn image_directory_evicted_from_the_cas_is_expanded_again_not_blamed_on_th
         .await;
     let outcome = expander.execute(second.request()).await;
     assert_eq!(outcome.result().exit_code, 0);
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[1];
     assert_eq!(seen.file("usr/lib/libmine.so"), Some(&b"mine\n"[..]));
     assert_eq!(
@@ -291,7 +289,6 @@ async fn image_directory_evicted_from_the_cas_is_expanded_again_not_blamed_on_th
         "nothing was forwarded incomplete"
     );
     assert_eq!(log.execute_requests.len(), 2, "nothing was forwarded twice");
-    drop(log);
     let missing = cluster
         .cas()
         .find_missing(&instance(), vec![image_usr_lib])

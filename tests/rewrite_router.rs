@@ -148,7 +148,7 @@ async fn route_action_returns_the_rewritten_action_and_invocation_keys() {
         .unwrap()
         .into_inner();
     while stream.message().await.unwrap().is_some() {}
-    let log = cluster.worker.log();
+    let log = cluster.worker.snapshot();
     let seen = &log.executions[0];
     assert!(seen.is_executable("usr/bin/env"));
     assert_eq!(
@@ -156,7 +156,6 @@ async fn route_action_returns_the_rewritten_action_and_invocation_keys() {
         Some(&b"int main() { return 0; }\n"[..])
     );
     assert!(seen.is_directory("b/src"));
-    drop(log);
 
     // Without a scheduler the expander serves the router only.
     let status = expander

@@ -16,7 +16,7 @@ pub fn image_references(platform: Option<&reapi::Platform>, names: &[String]) ->
         .map(|p| {
             p.properties
                 .iter()
-                .filter(|property| names.iter().any(|n| *n == property.name))
+                .filter(|property| names.contains(&property.name))
                 .map(|property| property.value.clone())
                 .collect()
         })
@@ -52,7 +52,7 @@ pub fn rewrite(
         .map(|p| p.properties.clone())
         .unwrap_or_default()
         .into_iter()
-        .filter(|property| !image_property_names.iter().any(|n| *n == property.name))
+        .filter(|property| !image_property_names.contains(&property.name))
         .chain(add.iter().cloned())
         .collect();
     properties.sort_by(|a, b| {

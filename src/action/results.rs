@@ -36,11 +36,14 @@ const PROVENANCE: &str = "type.googleapis.com/bb_container_expander.cache.Expans
 /// Number of mappings kept in memory.
 const LOCAL_MAPPINGS: usize = 100_000;
 
+/// Provenance by rewritten action digest, and the digests in insertion order.
+type LocalMappings = (HashMap<String, Arc<ExpansionProvenance>>, VecDeque<String>);
+
 pub struct ResultMapper {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     write_back: bool,
-    local: Mutex<(HashMap<String, Arc<ExpansionProvenance>>, VecDeque<String>)>,
+    local: Mutex<LocalMappings>,
 }
 
 fn mapping_key(rewritten: &reapi::Digest) -> Result<(Instance, FakeAction), Status> {

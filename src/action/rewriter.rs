@@ -87,7 +87,7 @@ pub struct RewrittenAction {
 pub enum Rewrite {
     /// The action names no image: forward it as it is.
     PassThrough,
-    Rewritten(RewrittenAction),
+    Rewritten(Box<RewrittenAction>),
 }
 
 pub struct ActionRewriter {
@@ -130,7 +130,7 @@ impl ActionRewriter {
     ) -> Result<Rewrite, Status> {
         instance.digest_function.validate(action_digest)?;
         let action: reapi::Action =
-            read_input(instance, &*self.expander, action_digest, "Action").await?;
+            read_input(instance, &self.expander, action_digest, "Action").await?;
         self.rewrite_action(instance, action, Some(action_digest.clone()))
             .await
     }
@@ -153,7 +153,7 @@ impl ActionRewriter {
         let command: Option<reapi::Command> = if references.is_empty() {
             None
         } else {
-            Some(read_input(instance, &*self.expander, &command_digest, "Command").await?)
+            Some(read_input(instance, &self.expander, &command_digest, "Command").await?)
         };
         let command = match command {
             Some(c) => c,
@@ -167,7 +167,7 @@ impl ActionRewriter {
                 }
                 // No platform in the Action: look at the (deprecated) Command platform.
                 let command: reapi::Command =
-                    read_input(instance, &*self.expander, &command_digest, "Command").await?;
+                    read_input(instance, &self.expander, &command_digest, "Command").await?;
                 references =
                     platform_properties::image_references(command.platform.as_ref(), names);
                 if references.is_empty() {
@@ -194,7 +194,7 @@ impl ActionRewriter {
         }
         crate::image::metrics::step("rewrite", result.is_ok(), started.elapsed().as_secs_f64());
         match result {
-            Ok(rewritten) => Ok(Rewrite::Rewritten(rewritten)),
+            Ok(rewritten) => Ok(Rewrite::Rewritten(Box::new(rewritten))),
             Err(Failure::Status(status)) => Err(status),
             Err(Failure::ImageIncomplete(status)) => Err(Status::unavailable(format!(
                 "Content of image {} is missing from the Content Addressable Storage even after expanding it again: {}",

@@ -117,7 +117,7 @@ impl ObservedExecution {
 }
 
 /// What the worker received.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct FakeWorkerLog {
     /// Every Execute request, in arrival order (also those that were refused).
     pub execute_requests: Vec<ExecuteRequest>,
@@ -512,6 +512,11 @@ impl FakeWorker {
 
     pub fn log(&self) -> parking_lot::MutexGuard<'_, FakeWorkerLog> {
         self.worker.log.lock()
+    }
+
+    /// A copy of the log, to hold across awaits.
+    pub fn snapshot(&self) -> FakeWorkerLog {
+        self.worker.log.lock().clone()
     }
 
     pub fn set_behaviour(&self, behaviour: WorkerBehaviour) {

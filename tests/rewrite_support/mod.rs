@@ -647,7 +647,7 @@ impl ClientAction {
             input_root_digest: Some(inputs.root.clone()),
             platform: self.action_platform.clone(),
             do_not_cache: self.do_not_cache,
-            timeout: self.timeout.map(|t| prost_types_duration(t)),
+            timeout: self.timeout.map(prost_types_duration),
             ..Default::default()
         };
         let (digest, action_bytes) = encode_message(DigestFunction::Sha256, &action);
