@@ -124,6 +124,17 @@ impl Cluster {
     }
 
     pub async fn expander_with(&self, settings: ExpanderSettings) -> Expander {
+        // A port that was free a moment ago may be taken before the expander binds it:
+        // try a few.
+        for _ in 0..5 {
+            if let Some(expander) = self.try_expander(&settings).await {
+                return expander;
+            }
+        }
+        panic!("the expander could not bind a free port after 5 attempts");
+    }
+
+    async fn try_expander(&self, settings: &ExpanderSettings) -> Option<Expander> {
         let grpc_port = free_port();
         let storage = self.storage.address();
         let scheduler = if settings.scheduler {
@@ -146,7 +157,7 @@ impl Cluster {
               {scheduler}
               containerImages: {{
                 registries: [{{ hosts: [{hosts}] }}],
-                requestTimeout: '60s',
+                requestTimeout: '300s',
                 maximumRetries: 1,
                 initialRetryDelay: '0.05s',
               }} + {extra},
@@ -165,14 +176,25 @@ impl Cluster {
         let task = tokio::spawn(program.serve(readiness.clone(), stop));
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !readiness.get() {
+            if task.is_finished() {
+                let error = task
+                    .await
+                    .expect("expander task")
+                    .expect_err("stopped early");
+                assert!(
+                    error.contains("ddress already in use"),
+                    "the expander failed to start: {error}"
+                );
+                return None;
+            }
             assert!(tokio::time::Instant::now() < deadline, "expander not ready");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Expander {
+        Some(Expander {
             url: format!("http://127.0.0.1:{grpc_port}"),
             shutdown,
             task,
-        }
+        })
     }
 
     /// Uploads the client's Command, input root and Action.
