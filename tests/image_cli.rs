@@ -149,6 +149,14 @@ async fn expand_prints_one_json_line_per_image() {
         assert!((0.0..60.0).contains(&value), "seconds.{step} = {value}");
     }
     assert!(seconds["total"].as_f64() >= seconds["ingest"].as_f64());
+    // Progress on stderr: one line per layer ingested.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for layer in &image.layers {
+        assert!(
+            stderr.contains(&format!("Ingested layer {}", layer.digest)),
+            "{stderr}"
+        );
+    }
 }
 
 #[tokio::test]
