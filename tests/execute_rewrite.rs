@@ -688,3 +688,57 @@ async fn rewrite_does_not_depend_on_the_local_directory_cache_holding_what_it_wr
     assert_eq!(seen.file("etc/os-release"), Some(&b"ID=base\n"[..]));
     expander.stop().await;
 }
+
+/// The value of a metric line `name{labels}` in the Prometheus text output.
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn steps_and_outcomes_are_counted_in_metrics() {
+    use bb_container_expander::diagnostics::render_metrics;
+    let cluster = Cluster::start().await;
+    cluster.push("test/base", "v1", &base_image()).await;
+    let expander = cluster.expander("{}").await;
+    let rewritten = cluster
+        .store(&ClientAction::with_images(&[
+            &cluster.reference("test/base:v1")
+        ]))
+        .await;
+    let plain = cluster.store(&ClientAction::with_images(&[])).await;
+    expander.execute(rewritten.request()).await.result();
+    expander.execute(plain.request()).await.result();
+    // Other tests of this binary count too: only lower bounds are meaningful.
+    let text = render_metrics();
+    for (series, at_least) in [
+        (
+            r#"buildbarn_container_expander_cache_lookups_total{cache="actions",result="rewritten"}"#,
+            1.0,
+        ),
+        (
+            r#"buildbarn_container_expander_cache_lookups_total{cache="actions",result="passed_through"}"#,
+            1.0,
+        ),
+        (
+            r#"buildbarn_container_expander_cache_lookups_total{cache="write_back",result="written"}"#,
+            1.0,
+        ),
+        (
+            r#"buildbarn_container_expander_step_duration_seconds_count{result="ok",step="graft"}"#,
+            1.0,
+        ),
+        (
+            r#"buildbarn_container_expander_step_duration_seconds_count{result="ok",step="forward"}"#,
+            2.0,
+        ),
+        (
+            r#"buildbarn_container_expander_step_duration_seconds_count{result="ok",step="rewrite"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(metric(&text, series) >= at_least, "{series} in\n{text}");
+    }
+    expander.stop().await;
+}

@@ -279,6 +279,7 @@ impl ActionRewriter {
             .clone()
             .unwrap_or_else(|| function.empty_digest());
         function.validate(&input_root)?;
+        let graft_started = Instant::now();
         let merged = crate::tree::graft(
             &source,
             &image_root,
@@ -287,6 +288,11 @@ impl ActionRewriter {
             &merge_options,
         )
         .await;
+        crate::image::metrics::step(
+            "graft",
+            merged.is_ok(),
+            graft_started.elapsed().as_secs_f64(),
+        );
         let merged = match merged {
             Ok(m) => m,
             Err(s) => {

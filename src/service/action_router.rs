@@ -75,8 +75,14 @@ impl ActionRouter for ExpandingActionRouter {
             .rewrite_action(&instance, action.clone(), None)
             .await?
         {
-            Rewrite::PassThrough => action,
-            Rewrite::Rewritten(rewritten) => rewritten.action,
+            Rewrite::PassThrough => {
+                crate::image::metrics::cache_lookup("actions", "passed_through");
+                action
+            }
+            Rewrite::Rewritten(rewritten) => {
+                crate::image::metrics::cache_lookup("actions", "rewritten");
+                rewritten.action
+            }
         };
         Ok(Response::new(RouteActionResponse {
             action: Some(action),

@@ -119,7 +119,19 @@ impl ExpandingExecution {
             action_digest: Some(rewritten.action_digest.clone()),
             ..request.clone()
         };
-        self.upstream.forward_execute(forwarded, timeout).await
+        self.forward(forwarded, timeout).await
+    }
+
+    /// Forwards an ExecuteRequest, timing the step until the scheduler accepted it.
+    async fn forward(
+        &self,
+        request: ExecuteRequest,
+        timeout: Option<Duration>,
+    ) -> Result<OperationStream, Status> {
+        let started = std::time::Instant::now();
+        let result = self.upstream.forward_execute(request, timeout).await;
+        crate::image::metrics::step("forward", result.is_ok(), started.elapsed().as_secs_f64());
+        result
     }
 
     /// Relays `stream` into `sender`, mapping operations back when `provenance` is set.
@@ -171,7 +183,7 @@ impl ExpandingExecution {
                 match rewrite? {
                     Rewrite::PassThrough => {
                         crate::image::metrics::cache_lookup("actions", "passed_through");
-                        let stream = self.upstream.forward_execute(request.clone(), timeout).await?;
+                        let stream = self.forward(request.clone(), timeout).await?;
                         self.relay(stream, None, false, &sender).await;
                         return Ok(());
                     }
