@@ -742,3 +742,47 @@ async fn steps_and_outcomes_are_counted_in_metrics() {
     }
     expander.stop().await;
 }
+
+#[tokio::test]
+async fn every_configured_property_name_names_images() {
+    let cluster = Cluster::start().await;
+    cluster.push("test/base", "v1", &base_image()).await;
+    let extra = image_of(&[
+        TarEntry::Dir("opt".into(), 0o755),
+        TarEntry::file("opt/tool", b"tool\n"),
+    ]);
+    cluster.push("test/extra", "v1", &extra).await;
+    let expander = cluster
+        .expander("{ platformPropertyName: ['container-image', 'docker-image'] }")
+        .await;
+    let base = cluster.reference("test/base:v1");
+    let tool = cluster.reference("test/extra:v1");
+    let client_platform = platform(&[
+        ("OSFamily", "linux"),
+        ("container-image", &base),
+        ("docker-image", &tool),
+    ]);
+    let stored = cluster
+        .store(&ClientAction {
+            action_platform: Some(client_platform.clone()),
+            command_platform: Some(client_platform),
+            ..ClientAction::with_images(&[])
+        })
+        .await;
+    let result = expander.execute(stored.request()).await.result();
+    let log = cluster.worker.snapshot();
+    let seen = &log.executions[0];
+    assert!(seen.is_executable("usr/bin/env"));
+    assert_eq!(seen.file("opt/tool"), Some(&b"tool\n"[..]));
+    assert_eq!(
+        pairs(seen.action.platform.as_ref()),
+        vec![("OSFamily".to_string(), "linux".to_string())]
+    );
+    let references: Vec<String> = provenance_of(&result)[0]
+        .images
+        .iter()
+        .map(|i| i.reference.clone())
+        .collect();
+    assert_eq!(references, vec![base, tool]);
+    expander.stop().await;
+}
