@@ -767,6 +767,33 @@ fn one_layer(layer: Layer) -> Image {
 }
 
 #[tokio::test]
+async fn a_tag_fixed_after_a_failure_is_resolved_again() {
+    // Nothing of a failed expansion is remembered, not even the tag's resolution in this
+    // process: once the publisher fixes the tag, the next expansion picks it up.
+    let server = RegistryServer::start();
+    let broken = one_layer(Layer::new(
+        tar(&[file("etc/ok", "ok"), link("etc/link", "etc/missing")]),
+        Compression::Gzip,
+        Flavor::Oci,
+    ));
+    let fixed = one_layer(Layer::new(
+        tar(&[file("etc/ok", "ok"), link("etc/link", "etc/ok")]),
+        Compression::Gzip,
+        Flavor::Oci,
+    ));
+    let pusher = server.pusher();
+    pusher.push_image("test/fixme", Some("v1"), &broken).await;
+    let env = Env::new();
+    let expander = env.expander(registry_for(&server.host()), options());
+    let reference = format!("{}/test/fixme:v1", server.host());
+    env.expand(&expander, &reference).await.unwrap_err();
+    pusher.push_image("test/fixme", Some("v1"), &fixed).await;
+    let expanded = env.expand(&expander, &reference).await.unwrap();
+    assert_eq!(expanded.manifest_digest, fixed.manifest_digest);
+    assert_eq!(env.tree(&expanded).await.get("etc/link"), Some(&F("ok")));
+}
+
+#[tokio::test]
 async fn nonexistent_tag_is_not_found() {
     let server = RegistryServer::start();
     let image = simple_image("present", None);

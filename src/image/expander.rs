@@ -14,7 +14,8 @@
 //!   ─► a tag resolved at the registry is recorded last, once its image expanded
 //! ```
 //!
-//! A failed expansion leaves no record of the image, its chain or its tag. Records of
+//! A failed expansion leaves no record of the image, its chain or its tag (not even in
+//! this process's tag cache, so a tag fixed at the registry is seen at once). Records of
 //! layers that were ingested successfully stay: a changeset is valid whatever image
 //! it belongs to, and the next attempt need not download those layers again.
 //!
@@ -226,13 +227,22 @@ impl ImageExpander {
         let flight_instance = instance.clone();
         let platform = platform.clone();
         let flight_key = (instance.clone(), key.digest.hash.clone());
-        let ((record, from_cache, layers_ingested, mut timings), started_flight) = self
+        let flight = self
             .image_flights
             .run_and_tell(flight_key, async move {
                 this.expand_pinned(&flight_instance, &pinned, &platform, key)
                     .await
             })
-            .await?;
+            .await;
+        let ((record, from_cache, layers_ingested, mut timings), started_flight) = match flight {
+            Ok(done) => done,
+            Err(status) => {
+                // Forget the tag's resolution too, so that the next attempt asks the
+                // registry again (the tag may be fixed by then).
+                self.forget_tag(instance, &reference, &resolved_digest);
+                return Err(status);
+            }
+        };
         // A caller that joined an expansion in flight ingested nothing itself.
         let layers_ingested = if started_flight { layers_ingested } else { 0 };
         if record_tag {
@@ -308,6 +318,18 @@ impl ImageExpander {
                 Ok(digest)
             })
             .await
+    }
+
+    /// Drops the local resolution of `reference` if it still names `digest`.
+    fn forget_tag(&self, instance: &Instance, reference: &Reference, digest: &str) {
+        if reference.digest().is_some() {
+            return;
+        }
+        let mut tags = self.tags.lock();
+        let key = (instance.clone(), reference.clone());
+        if tags.get(&key).is_some_and(|(known, _)| known == digest) {
+            tags.remove(&key);
+        }
     }
 
     /// Records a tag resolved at the registry in the Action Cache.
