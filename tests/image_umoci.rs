@@ -148,6 +148,19 @@ async fn hand_made_layers_match_umoci() {
         file("srv/www/index.html", "<html>"),
         symlink("etc/localtime", "/usr/share/zoneinfo/UTC"),
         symlink("dangling", "/does/not/exist"),
+        // A hard link to a symlink links the symlink itself (L-60).
+        Entry::Link(
+            "usr/lib/libc-link.so".into(),
+            "usr/lib/libc.so".into(),
+            0o777,
+        ),
+        // The target's parent resolves through a symlink (L-60, L-42).
+        Entry::Link("etc/ls-via-bin".into(), "bin/ls".into(), 0o755),
+        // A chain of symlinks with `..` (followed in the middle layer).
+        symlink("hop1", "hop2/inner"),
+        symlink("hop2", "real"),
+        dir("real"),
+        symlink("real/inner", "../target"),
     ];
     let middle = vec![
         whiteout("etc/.wh.hosts"),
@@ -155,6 +168,7 @@ async fn hand_made_layers_match_umoci() {
         file("opt/app/new.txt", "new"),
         whiteout("opt/app/.wh..wh..opq"),
         file("lib/libextra.so", "EXTRA"),
+        file("hop1/x", "through three symlinks"),
         // An absolute symlink parent resolves inside the image (L-42).
         file("lib64/libabs.so", "ABS"),
         // A relative symlink climbing above the root is clamped (L-43).
@@ -238,6 +252,9 @@ async fn hand_made_layers_match_umoci() {
     assert_eq!(ours.get("usr/bin/setuid"), Some(&X("S")));
     assert_eq!(ours.get("usr/bin/group-exec"), Some(&X("G")));
     assert_eq!(ours.get("lib"), Some(&D));
+    assert_eq!(ours.get("usr/lib/libc-link.so"), Some(&L("libc.so.6")));
+    assert_eq!(ours.get("etc/ls-via-bin"), Some(&X("LS")));
+    assert_eq!(ours.get("target/x"), Some(&F("through three symlinks")));
     assert_eq!(ours.get("run"), Some(&D));
     assert!(!ours.contains_key("run/initctl"));
 }
