@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tonic::Status;
 
 pub mod configuration;
+pub mod discarding_content_addressable_storage;
 pub mod existence_caching_content_addressable_storage;
 pub mod grpc_action_cache;
 pub mod grpc_content_addressable_storage;
@@ -25,6 +26,8 @@ pub mod memory_action_cache;
 pub mod memory_content_addressable_storage;
 pub mod read_caching_content_addressable_storage;
 
+// Kept for benchmarks (benches/expander): a CAS that drops what it is given.
+pub use discarding_content_addressable_storage::DiscardingContentAddressableStorage;
 pub use existence_caching_content_addressable_storage::ExistenceCachingContentAddressableStorage;
 pub use grpc_action_cache::GrpcActionCache;
 pub use grpc_content_addressable_storage::GrpcContentAddressableStorage;
