@@ -393,6 +393,47 @@ async fn more_bad_layers_are_refused() {
     assert_eq!(env.ac_entries(), 0);
 }
 
+/// `umoci insert` (0.4.7, umoci#436) writes tars that end right after the last member's
+/// data: no padding to 512 bytes, no end-of-archive blocks. Go's archive/tar (docker,
+/// containerd, umoci) reads that as a normal end (`tryReadFull` of the padding hits EOF at
+/// once), so such layers run everywhere; a stream that ends *inside* file data or a
+/// header is still an error (L-32).
+#[tokio::test]
+async fn tar_ending_right_after_the_last_file_data_is_accepted() {
+    let server = RegistryServer::start();
+    let full = tar(&[
+        dir("opt/app/replaced"),
+        whiteout("opt/app/replaced/.wh..wh..opq"),
+        file("opt/app/replaced/fresh", "fresh\n"),
+    ]);
+    // Three 512-byte headers (the first two entries have no data) plus 6 bytes of data.
+    let cut = full[..3 * 512 + 6].to_vec();
+    assert_eq!(&cut[cut.len() - 6..], b"fresh\n");
+    let quirk = Layer::new(cut, Compression::Gzip, Flavor::Oci);
+    let reference = push(&server, "test/umoci-insert", &image(&[&quirk])).await;
+    let env = Env::new();
+    let expanded = env
+        .expand(
+            &env.expander(registry_for(&server.host()), options()),
+            &reference,
+        )
+        .await
+        .unwrap();
+    assert_trees_eq(
+        &env.tree(&expanded).await,
+        &tree(&[
+            ("opt", D),
+            ("opt/app", D),
+            ("opt/app/replaced", D),
+            ("opt/app/replaced/fresh", F("fresh\n")),
+        ]),
+    );
+
+    // Cut inside the data: refused.
+    let inside = Layer::new(full[..3 * 512 + 3].to_vec(), Compression::Gzip, Flavor::Oci);
+    refused(&server, "test/cut-data", &inside, &[]).await;
+}
+
 #[tokio::test]
 async fn token_auth_registry() {
     let server = RegistryServer::start_with_token_auth("tok-user", "tok-Pa55");
