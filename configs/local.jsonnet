@@ -1,6 +1,6 @@
 // A self-contained configuration for trying the expander on one machine: in-memory
 // CAS and Action Cache, gRPC on 127.0.0.1:8985, diagnostics on 127.0.0.1:9985, a
-// scheduler on 127.0.0.1:8982, and images from a registry on 127.0.0.1:5000 only
+// scheduler on 127.0.0.1:8982, and images from a registry on 127.0.0.1:5055 only
 // (docs/trying-it-out.md starts one). Every field is documented in
 // bb_container_expander.jsonnet.
 {
@@ -18,6 +18,6 @@
   scheduler: { address: '127.0.0.1:8982' },
   containerImages: {
     // Loopback registries speak plain HTTP; no other registry may be contacted.
-    registries: [{ hosts: ['127.0.0.1:5000', 'localhost:5000'] }],
+    registries: [{ hosts: ['127.0.0.1:5055', 'localhost:5055'] }],
   },
 }

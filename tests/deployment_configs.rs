@@ -499,11 +499,11 @@ fn docker_compose_router_mode_is_wired_as_documented() {
 
 /// `/config/<name>.jsonnet` paths a compose file names, outside comments.
 fn referenced_configurations(text: &str) -> Vec<String> {
-    let text: String = text
+    let text = text
         .lines()
         .filter(|line| !line.trim_start().starts_with('#'))
-        .map(|line| format!("{line}\n"))
-        .collect();
+        .collect::<Vec<_>>()
+        .join("\n");
     text.split(|c: char| {
         c.is_whitespace() || c == '\'' || c == '"' || c == ',' || c == '[' || c == ']' || c == ';'
     })
