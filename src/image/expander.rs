@@ -311,6 +311,13 @@ impl ImageExpander {
         let flight_key = local_key.clone();
         self.tag_flights
             .run_and_tell(local_key, async move {
+                // A flight that ended just before this one started may have answered.
+                let known = this.tags.lock().get(&flight_key).cloned();
+                if let Some((digest, at)) = known {
+                    if at.elapsed() < this.options.tag_ttl {
+                        return Ok(digest);
+                    }
+                }
                 let digest = this.registry.resolve(&flight_key.1).await?;
                 this.tags
                     .lock()

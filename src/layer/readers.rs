@@ -35,6 +35,11 @@ impl Failure {
         self.0.borrow().is_some()
     }
 
+    /// The recorded failure, if any.
+    pub(crate) fn take(&self) -> Option<Status> {
+        self.0.borrow_mut().take()
+    }
+
     /// The recorded failure, or `fallback` if there is none.
     pub(crate) fn take_or(&self, fallback: impl FnOnce() -> Status) -> Status {
         self.0.borrow_mut().take().unwrap_or_else(fallback)
@@ -196,6 +201,10 @@ pub(crate) type MetadataBudget = Rc<Cell<Option<u64>>>;
 /// The budget granted for finding one entry.
 pub(crate) const METADATA_LIMIT_BYTES: u64 = 4 << 20;
 
+/// How far the decompressed stream has been read, and whether its end was seen; shared
+/// with the tar parser, which cannot ask the stream itself while `tar` holds it.
+pub(crate) type StreamPosition = Rc<Cell<(u64, bool)>>;
+
 /// The decompressed tar stream: hashes everything for the DiffID (including what follows
 /// the end-of-archive marker, once drained), enforces the uncompressed size limit and
 /// the metadata budget, and turns decompressor errors into INVALID_ARGUMENT.
@@ -207,6 +216,7 @@ pub(crate) struct TarStreamReader<R> {
     limit: u64,
     metadata_budget: MetadataBudget,
     failure: Failure,
+    position: StreamPosition,
 }
 
 impl<R: Read> TarStreamReader<R> {
@@ -226,7 +236,13 @@ impl<R: Read> TarStreamReader<R> {
             limit,
             metadata_budget,
             failure,
+            position: StreamPosition::default(),
         }
+    }
+
+    /// The position of this stream, for the tar parser.
+    pub(crate) fn position(&self) -> StreamPosition {
+        self.position.clone()
     }
 
     /// The DiffID and the number of decompressed bytes.
@@ -249,6 +265,7 @@ impl<R: Read> Read for TarStreamReader<R> {
             }
         };
         self.bytes += n as u64;
+        self.position.set((self.bytes, n == 0 && !buf.is_empty()));
         if self.bytes > self.limit {
             return Err(self.failure.record(Status::resource_exhausted(format!(
                 "Decompressed layer is larger than the maximum layer size of {} bytes",

@@ -11,7 +11,7 @@
 //! truncated stream is an error). Zero blocks end the archive (`set_ignore_zeros(false)`).
 
 use super::names::{self, EntryName};
-use super::readers::{Failure, MetadataBudget, METADATA_LIMIT_BYTES};
+use super::readers::{Failure, MetadataBudget, StreamPosition, METADATA_LIMIT_BYTES};
 use super::uploader::{FileContent, FileUpload};
 use crate::digest::DigestFunction;
 use crate::proto::cache::{self, layer_entry::Kind, LayerEntry, LayerStatistics};
@@ -86,10 +86,16 @@ impl EntryReader {
 
     /// Reads all entries up to the end-of-archive marker (or the end of the stream, if it
     /// ends on a header boundary). The stream after the marker is left to the caller.
+    /// Reads every entry of the archive. `position` tells where the decompressed stream
+    /// is, so that an archive that ends right after the last entry's data, without
+    /// padding or end-of-archive blocks (as `umoci insert` 0.4.7 writes them), ends
+    /// normally, as in Go's archive/tar which docker, containerd and umoci use; a
+    /// stream that ends inside a header, inside data or inside the padding is an error.
     pub(crate) fn read_archive<R: Read>(
         &mut self,
         stream: R,
         budget: &MetadataBudget,
+        position: &StreamPosition,
     ) -> Result<(), ReadError> {
         let mut archive = tar::Archive::new(stream);
         archive.set_ignore_zeros(false);
@@ -97,6 +103,8 @@ impl EntryReader {
             .entries()
             .map_err(|e| ReadError::Failed(Status::internal(format!("Tar reader: {e}"))))?;
         let mut previous: Option<String> = None;
+        // Where the data of the previous entry ended, if the stream was read that far.
+        let mut data_end: Option<u64> = None;
         loop {
             budget.set(Some(METADATA_LIMIT_BYTES));
             let next = entries.next();
@@ -104,6 +112,12 @@ impl EntryReader {
             let mut entry = match next {
                 None => return Ok(()),
                 Some(Ok(entry)) => entry,
+                Some(Err(_))
+                    if !self.failure.is_set()
+                        && data_end.is_some_and(|end| position.get() == (end, true)) =>
+                {
+                    return Ok(());
+                }
                 Some(Err(e)) => {
                     let location = match &previous {
                         Some(name) => format!(" after entry {name:?}"),
@@ -130,6 +144,7 @@ impl EntryReader {
             if let Err(e) = result {
                 return Err(self.entry_failure(&shown, e));
             }
+            data_end = (entry.size() > 0).then(|| position.get().0);
             previous = Some(shown);
         }
     }

@@ -59,7 +59,7 @@ impl Job {
 
         let budget = MetadataBudget::default();
         let mut entry_reader = EntryReader::new(self.entry_options, self.uploads, failure.clone());
-        let (diff_id, uncompressed_bytes) = {
+        let parsed = {
             let decoder: Box<dyn Read + '_> = match compression {
                 Compression::None => Box::new(&mut blob),
                 Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut blob)),
@@ -80,11 +80,30 @@ impl Job {
                 budget.clone(),
                 failure.clone(),
             );
-            entry_reader.read_archive(&mut stream, &budget)?;
-            // The DiffID covers everything after the end-of-archive marker too.
-            io::copy(&mut stream, &mut io::sink())
-                .map_err(|e| fail("Failed to read past the end of the tar archive", e))?;
-            stream.finish()
+            let position = stream.position();
+            entry_reader
+                .read_archive(&mut stream, &budget, &position)
+                .and_then(|()| {
+                    // The DiffID covers everything after the end-of-archive marker too.
+                    io::copy(&mut stream, &mut io::sink())
+                        .map_err(|e| fail("Failed to read past the end of the tar archive", e))
+                })
+                .map(|_| stream.finish())
+        };
+        let (diff_id, uncompressed_bytes) = match parsed {
+            Ok(parsed) => parsed,
+            Err(ReadError::Failed(status)) => {
+                // Corrupt bytes make the decompressor or the tar parser fail before the
+                // end of the blob; a blob that does not match its digest is the cause to
+                // report, so read the rest of it (its size is known and within limits).
+                if !failure.is_set() && io::copy(&mut blob, &mut io::sink()).is_err() {
+                    if let Some(cause) = failure.take() {
+                        return Err(ReadError::Failed(cause));
+                    }
+                }
+                return Err(ReadError::Failed(status));
+            }
+            Err(other) => return Err(other),
         };
         // The decompressor has seen the end of its input, but make sure nothing follows.
         let trailing =
