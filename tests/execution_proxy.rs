@@ -144,19 +144,20 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
     let names: Vec<String> = stream.map(|op| op.unwrap().name).collect().await;
     assert_eq!(names, vec!["operation-1", "operation-2", "operation-3"]);
 
-    let log = scheduler.log();
-    assert_eq!(log.execute_requests, vec![execute_request()]);
-    let headers = &log.metadata[0];
-    assert_eq!(
-        headers.get(REQUEST_METADATA).unwrap(),
-        // Binary metadata travels base64-encoded without padding.
-        "CgViYXplbA"
-    );
-    assert!(
-        headers.get("authorization").is_none(),
-        "authorization must not be forwarded"
-    );
-    drop(log);
+    {
+        let log = scheduler.log();
+        assert_eq!(log.execute_requests, vec![execute_request()]);
+        let headers = &log.metadata[0];
+        assert_eq!(
+            headers.get(REQUEST_METADATA).unwrap(),
+            // Binary metadata travels base64-encoded without padding.
+            "CgViYXplbA"
+        );
+        assert!(
+            headers.get("authorization").is_none(),
+            "authorization must not be forwarded"
+        );
+    }
     expander.stop().await;
 }
 
