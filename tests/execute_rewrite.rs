@@ -714,11 +714,11 @@ async fn steps_and_outcomes_are_counted_in_metrics() {
     let text = render_metrics();
     for (series, at_least) in [
         (
-            r#"buildbarn_container_expander_cache_lookups_total{cache="actions",result="rewritten"}"#,
+            r#"buildbarn_container_expander_actions_total{front_door="execute",outcome="rewritten"}"#,
             1.0,
         ),
         (
-            r#"buildbarn_container_expander_cache_lookups_total{cache="actions",result="passed_through"}"#,
+            r#"buildbarn_container_expander_actions_total{front_door="execute",outcome="passed_through"}"#,
             1.0,
         ),
         (

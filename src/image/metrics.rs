@@ -51,6 +51,28 @@ static PULLED_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+static ACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "actions_total",
+            "Actions seen, by front door (execute, route_action) and outcome (rewritten, \
+             passed_through).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["front_door", "outcome"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts an action: `front_door` is `execute` or `route_action`, `outcome` is
+/// `rewritten` or `passed_through`.
+pub fn action(front_door: &str, outcome: &str) {
+    ACTIONS.with_label_values(&[front_door, outcome]).inc();
+}
+
 /// Counts a cache lookup: `result` is `hit`, `miss` or `incomplete`.
 pub fn cache_lookup(cache: &str, result: &str) {
     CACHE_LOOKUPS.with_label_values(&[cache, result]).inc();

@@ -76,11 +76,11 @@ impl ActionRouter for ExpandingActionRouter {
             .await?
         {
             Rewrite::PassThrough => {
-                crate::image::metrics::cache_lookup("actions", "passed_through");
+                crate::image::metrics::action("route_action", "passed_through");
                 action
             }
             Rewrite::Rewritten(rewritten) => {
-                crate::image::metrics::cache_lookup("actions", "rewritten");
+                crate::image::metrics::action("route_action", "rewritten");
                 rewritten.action
             }
         };

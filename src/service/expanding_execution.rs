@@ -182,13 +182,13 @@ impl ExpandingExecution {
                 };
                 match rewrite? {
                     Rewrite::PassThrough => {
-                        crate::image::metrics::cache_lookup("actions", "passed_through");
+                        crate::image::metrics::action("execute", "passed_through");
                         let stream = self.forward(request.clone(), timeout).await?;
                         self.relay(stream, None, false, &sender).await;
                         return Ok(());
                     }
                     Rewrite::Rewritten(rewritten) => {
-                        crate::image::metrics::cache_lookup("actions", "rewritten");
+                        crate::image::metrics::action("execute", "rewritten");
                         let missing = match self.forward_rewritten(&request, &rewritten, timeout).await {
                             Ok(stream) => {
                                 let provenance = Some(Arc::new(rewritten.provenance));
