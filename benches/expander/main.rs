@@ -1,0 +1,273 @@
+//! Benchmarks of issues 3 (image engine) and 4 (Execute path), each row with a baseline
+//! measured in the same run:
+//!
+//! ```text
+//! cargo bench --bench expander            # every row (about 5 minutes on 2 cores)
+//! cargo bench --bench expander -- a e g   # some rows: a … i
+//! ```
+//!
+//! | row | what | baseline |
+//! |---|---|---|
+//! | a | cold `expand` of one ~1 GiB gzip layer (2 x 256 MiB random, 512 MiB zeros) | `gzip -dc < blob \| sha256sum` |
+//! | b | cold `expand` of a layer of ~20k small host files (4 copies of part of /usr) | the same floor |
+//! | c | cold `expand` of the images of a and b | `skopeo copy` + `umoci raw unpack --rootless` |
+//! | d | cold `expand` of a 4-layer image | the sum of its layers expanded one by one |
+//! | e | warm `expand` of a Debian-like image (~6k entries), no layer downloaded | its cold expand |
+//! | f | peak RSS ingesting the 1 GiB layer into a discarding CAS (child process) | the same child, tiny image |
+//! | g, h | Execute latency p50/p99 and throughput at 64 clients through the expander, warm | straight to the upstream |
+//! | i | g and h for a 6k-entry and a 25k-entry image | idem |
+//!
+//! Everything runs on 127.0.0.1: a real CNCF Distribution registry (Debian package
+//! `docker-registry`), started here on a free port with temporary storage, and images
+//! built here (cached under `target/tmp/bench-images`). Needs the Debian packages
+//! `docker-registry`, `gzip`, `skopeo` and `umoci`; nothing is installed by the benchmark.
+
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+mod engine;
+mod execute;
+mod layers;
+mod push;
+mod report;
+
+use layers::{BuiltLayer, HostSelection};
+use report::Table;
+use std::time::Instant;
+
+/// An image pushed to the benchmark's registry.
+pub struct Pushed {
+    /// `127.0.0.1:PORT/bench/NAME:TAG`.
+    pub reference: String,
+    pub layers: Vec<BuiltLayer>,
+}
+
+const ROWS: &str = "abcdefghi";
+
+fn require(program: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).exists()));
+    if !found {
+        eprintln!("{program} is missing: install the Debian package {package} (apt-get install -y {package})");
+        std::process::exit(2);
+    }
+}
+
+fn small_files_selection() -> HostSelection {
+    HostSelection {
+        roots: vec![
+            "/usr/bin",
+            "/usr/sbin",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/share",
+        ],
+        maximum_entries: 5_500,
+        maximum_file_bytes: 512 << 10,
+        maximum_total_bytes: 200 << 20,
+    }
+}
+
+fn debian_selection() -> HostSelection {
+    HostSelection {
+        roots: vec![
+            "/usr/bin",
+            "/usr/sbin",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/share",
+        ],
+        maximum_entries: 6_000,
+        maximum_file_bytes: 512 << 10,
+        maximum_total_bytes: 160 << 20,
+    }
+}
+
+fn big_selection() -> HostSelection {
+    HostSelection {
+        roots: vec![
+            "/usr/bin",
+            "/usr/sbin",
+            "/usr/lib",
+            "/usr/share",
+            "/usr/include",
+        ],
+        maximum_entries: 25_000,
+        maximum_file_bytes: 2 << 20,
+        maximum_total_bytes: 400 << 20,
+    }
+}
+
+fn main() {
+    if std::env::var("BB_BENCH_CHILD").as_deref() == Ok("ingest") {
+        let reference = std::env::args().nth(1).expect("image reference");
+        engine::child_ingest(&reference);
+        return;
+    }
+    // `cargo bench` passes `--bench`; other arguments select rows.
+    let mut selected: String = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .flat_map(|a| a.chars().collect::<Vec<_>>())
+        .filter(|c| ROWS.contains(*c))
+        .collect();
+    if selected.is_empty() {
+        selected = ROWS.into();
+    }
+    let wants = |rows: &str| rows.chars().any(|c| selected.contains(c));
+    require("docker-registry", "docker-registry");
+    if wants("ab") {
+        require("gzip", "gzip");
+        require("sha256sum", "coreutils");
+    }
+    if wants("c") {
+        require("skopeo", "skopeo");
+        require("umoci", "umoci");
+    }
+    let started = Instant::now();
+    println!(
+        "bb-container-expander benchmarks, rows {selected}; {} cores; loadavg at start: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        report::loadavg()
+    );
+
+    let build = |f: &dyn Fn() -> std::io::Result<BuiltLayer>| f().expect("build a benchmark layer");
+    let huge = wants("acf").then(|| build(&layers::huge_files));
+    let small = wants("bc")
+        .then(|| build(&|| layers::host_tree("small-files", &small_files_selection(), 4, false)));
+    let multi: Vec<BuiltLayer> = if wants("d") {
+        (0..4)
+            .map(|k| build(&|| layers::synthetic(&format!("multi-{k}"), k, 5_000, 64)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let debian = wants("ei")
+        .then(|| build(&|| layers::host_tree("debian-like", &debian_selection(), 1, true)));
+    let big =
+        wants("i").then(|| build(&|| layers::host_tree("big-25k", &big_selection(), 1, true)));
+    let tiny = wants("fgh").then(|| build(&layers::tiny));
+    eprintln!("layers ready after {:.1}s", started.elapsed().as_secs_f64());
+
+    let registry = support::registry_server::RegistryServer::start();
+    let host = registry.host();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pusher = push::Pusher::new(&host);
+    let push = |repository: &str, tag: &str, layers: Vec<BuiltLayer>| -> Pushed {
+        let refs: Vec<&BuiltLayer> = layers.iter().collect();
+        let (reference, _) = runtime.block_on(pusher.push_image(repository, tag, &refs));
+        Pushed { reference, layers }
+    };
+    let pushed_at = Instant::now();
+    let huge = huge.map(|l| push("bench/huge", "v1", vec![l]));
+    let small = small.map(|l| push("bench/small", "v1", vec![l]));
+    let singles: Vec<Pushed> = multi
+        .iter()
+        .enumerate()
+        .map(|(k, l)| push("bench/multi", &format!("layer{k}"), vec![l.clone()]))
+        .collect();
+    let multi = (!multi.is_empty()).then(|| push("bench/multi", "all", multi.clone()));
+    let debian = debian.map(|l| push("bench/debian", "v1", vec![l]));
+    let big = big.map(|l| push("bench/big25k", "v1", vec![l]));
+    let tiny = tiny.map(|l| push("bench/tiny", "v1", vec![l]));
+    eprintln!(
+        "images pushed to {host} in {:.1}s",
+        pushed_at.elapsed().as_secs_f64()
+    );
+
+    let mut table = Table { rows: Vec::new() };
+    let section = |name: &str| println!("== {name} (loadavg {})", report::loadavg());
+    let mut huge_floor = None;
+    if let (true, Some(huge)) = (wants("a"), &huge) {
+        section("a: one large gzip layer vs gzip -dc | sha256sum");
+        huge_floor = Some(
+            engine::cold_vs_floor(
+                &mut table,
+                "a cold expand, 1 GiB layer vs floor",
+                huge,
+                1.3,
+                3,
+            )
+            .1,
+        );
+    }
+    if let (true, Some(small)) = (wants("b"), &small) {
+        section("b: many small files vs gzip -dc | sha256sum");
+        engine::cold_vs_floor(
+            &mut table,
+            "b cold expand, small files vs floor",
+            small,
+            1.5,
+            3,
+        );
+    }
+    if wants("c") {
+        section("c: against skopeo copy + umoci raw unpack");
+        if let Some(small) = &small {
+            engine::against_peer(
+                &mut table,
+                "c cold expand vs skopeo+umoci, small files",
+                small,
+                2,
+            );
+        }
+        if let Some(huge) = &huge {
+            engine::against_peer(
+                &mut table,
+                "c cold expand vs skopeo+umoci, 1 GiB layer",
+                huge,
+                2,
+            );
+        }
+    }
+    if let (true, Some(multi)) = (wants("d"), &multi) {
+        section("d: multi-layer image");
+        engine::multi_layer(&mut table, &singles, multi, 2);
+    }
+    if let (true, Some(debian)) = (wants("e"), &debian) {
+        section("e: warm expand");
+        runtime.block_on(engine::warm_expand(&mut table, debian, || registry.log()));
+        runtime.block_on(engine::warm_expand_cli(&mut table, debian, &host, || {
+            registry.log()
+        }));
+    }
+    if let (true, Some(huge), Some(tiny)) = (wants("f"), &huge, &tiny) {
+        section("f: peak RSS");
+        engine::peak_rss(&mut table, huge, tiny, huge_floor);
+    }
+    let mut execute_images = Vec::new();
+    if let (true, Some(tiny)) = (wants("gh"), &tiny) {
+        execute_images.push(execute::ExecuteImage {
+            label: "tiny".into(),
+            reference: tiny.reference.clone(),
+            rows: "g/h",
+        });
+    }
+    if wants("i") {
+        for (label, image) in [("6k", &debian), ("25k", &big)] {
+            if let Some(image) = image {
+                execute_images.push(execute::ExecuteImage {
+                    label: label.into(),
+                    reference: image.reference.clone(),
+                    rows: "i",
+                });
+            }
+        }
+    }
+    if !execute_images.is_empty() {
+        section("g/h/i: warm Execute path");
+        runtime.block_on(execute::execute_rows(&mut table, &host, &execute_images));
+    }
+
+    println!();
+    println!(
+        "== results ({:.0}s in all; loadavg at end: {}; 2-core figures are noisy while other work runs)",
+        started.elapsed().as_secs_f64(),
+        report::loadavg()
+    );
+    table.print();
+}
