@@ -4,7 +4,7 @@
 //! CAS and AC, a fresh process = empty caches), timed from outside. The warm expansion
 //! and the memory measurement run the library in this process and in a child process.
 
-use crate::report::{median, Row, Table, Target, Unit};
+use crate::report::{children_cpu_seconds, median, Row, Table, Target, Unit};
 use crate::Pushed;
 use bb_container_expander::blobstore::{
     ActionCache, ContentAddressableStorage, DiscardingContentAddressableStorage, Instance,
@@ -19,6 +19,18 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_bb-container-expander");
+
+/// Wall and CPU seconds of the child processes run by `f`, and its value.
+fn timed_children<T>(f: impl FnOnce() -> T) -> (f64, f64, T) {
+    let cpu = children_cpu_seconds();
+    let started = Instant::now();
+    let value = f();
+    (
+        started.elapsed().as_secs_f64(),
+        children_cpu_seconds() - cpu,
+        value,
+    )
+}
 
 /// One `expand` by the CLI in a fresh process: wall seconds and its JSON line.
 pub fn cli_expand(extra: &[&str], image: &str) -> (f64, serde_json::Value) {
@@ -85,24 +97,29 @@ pub fn cold_vs_floor(
     repetitions: usize,
 ) -> (f64, f64) {
     let layer = &image.layers[0];
-    let mut floors = Vec::new();
-    let mut ours = Vec::new();
+    let (mut floors, mut ours) = (Vec::new(), Vec::new());
+    let (mut floor_cores, mut our_cores) = (Vec::new(), Vec::new());
     let mut last = serde_json::Value::Null;
     for _ in 0..repetitions {
-        floors.push(floor(layer));
-        let (seconds, line) = cli_expand(&[], &image.reference);
-        ours.push(seconds);
+        let (wall, cpu, _) = timed_children(|| floor(layer));
+        floors.push(wall);
+        floor_cores.push(cpu / wall);
+        let (wall, cpu, (_, line)) = timed_children(|| cli_expand(&[], &image.reference));
+        ours.push(wall);
+        our_cores.push(cpu / wall);
         last = line;
     }
     let (m, b) = (median(&ours), median(&floors));
     table.push(
         Row::new(name, Unit::Seconds, m, Some(b), Target::RatioAtMost(target)).note(format!(
-            "{} entries, tar {} MiB, gzip {} MiB; ours {:?}, floor {:?}; {}",
+            "{} entries, tar {} MiB, gzip {} MiB; ours {:?} s using {:.2} cores, floor {:?} s using {:.2} cores; {}",
             layer.entries,
             layer.tar_size >> 20,
             layer.size >> 20,
             rounded(&ours),
+            median(&our_cores),
             rounded(&floors),
+            median(&floor_cores),
             step_summary(&last)
         )),
     );
@@ -150,24 +167,24 @@ fn peer_flatten(reference: &str) -> f64 {
 
 /// Row c: ours vs the peer on the same image, alternated.
 pub fn against_peer(table: &mut Table, name: &str, image: &Pushed, repetitions: usize) {
-    let mut peer = Vec::new();
-    let mut ours = Vec::new();
+    let (mut peer, mut ours) = (Vec::new(), Vec::new());
+    let (mut peer_cores, mut our_cores) = (Vec::new(), Vec::new());
     for _ in 0..repetitions {
-        peer.push(peer_flatten(&image.reference));
-        ours.push(cli_expand(&[], &image.reference).0);
+        let (wall, cpu, _) = timed_children(|| peer_flatten(&image.reference));
+        peer.push(wall);
+        peer_cores.push(cpu / wall);
+        let (wall, cpu, _) = timed_children(|| cli_expand(&[], &image.reference));
+        ours.push(wall);
+        our_cores.push(cpu / wall);
     }
     table.push(
-        Row::new(
-            name,
-            Unit::Seconds,
-            median(&ours),
-            Some(median(&peer)),
-            Target::RatioAtMost(0.5),
-        )
-        .note(format!(
-            "ours {:?}, skopeo copy + umoci raw unpack --rootless {:?}",
+        Row::new(name, Unit::Seconds, median(&ours), Some(median(&peer)), Target::RatioAtMost(0.5)).note(format!(
+            "ours {:?} s using {:.2} cores, skopeo copy + umoci raw unpack --rootless {:?} s using {:.2} cores \
+             (the registry's CPU not counted)",
             rounded(&ours),
-            rounded(&peer)
+            median(&our_cores),
+            rounded(&peer),
+            median(&peer_cores)
         )),
     );
 }
@@ -175,18 +192,20 @@ pub fn against_peer(table: &mut Table, name: &str, image: &Pushed, repetitions: 
 /// Row d: the multi-layer image vs the sum of its layers expanded one by one (each as a
 /// one-layer image in a fresh process).
 pub fn multi_layer(table: &mut Table, singles: &[Pushed], multi: &Pushed, repetitions: usize) {
-    let mut sums = Vec::new();
-    let mut walls = Vec::new();
+    let (mut sums, mut walls) = (Vec::new(), Vec::new());
+    let (mut single_cores, mut multi_cores) = (Vec::new(), Vec::new());
     let mut last = serde_json::Value::Null;
     for _ in 0..repetitions {
-        sums.push(
-            singles
-                .iter()
-                .map(|s| cli_expand(&[], &s.reference).0)
-                .sum::<f64>(),
-        );
-        let (seconds, line) = cli_expand(&[], &multi.reference);
-        walls.push(seconds);
+        let (wall, cpu, _) = timed_children(|| {
+            for single in singles {
+                cli_expand(&[], &single.reference);
+            }
+        });
+        sums.push(wall);
+        single_cores.push(cpu / wall);
+        let (wall, cpu, (_, line)) = timed_children(|| cli_expand(&[], &multi.reference));
+        walls.push(wall);
+        multi_cores.push(cpu / wall);
         last = line;
     }
     table.push(
@@ -198,9 +217,12 @@ pub fn multi_layer(table: &mut Table, singles: &[Pushed], multi: &Pushed, repeti
             Target::RatioAtMost(0.75),
         )
         .note(format!(
-            "target 'clearly below the sum' taken as <= 0.75 (ideal on 2 cores: 0.5); walls {:?}, sums {:?}; {}",
+            "target 'clearly below the sum' taken as <= 0.75 (ideal on 2 cores: 0.5); walls {:?} s using {:.2} cores, \
+             sums {:?} s using {:.2} cores; {}",
             rounded(&walls),
+            median(&multi_cores),
             rounded(&sums),
+            median(&single_cores),
             step_summary(&last)
         )),
     );

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench expander            # every row (about 5 minutes on 2 cores)
 //! cargo bench --bench expander -- a e g   # some rows: a … i
+//! cargo bench --bench expander -- serve a  # push row a's images, keep the registry up
 //! ```
 //!
 //! | row | what | baseline |
@@ -103,8 +104,11 @@ fn main() {
         engine::child_ingest(&reference);
         return;
     }
-    // `cargo bench` passes `--bench`; other arguments select rows.
+    // `cargo bench` passes `--bench`; other arguments select rows, and `serve` only
+    // pushes the images of the selected rows and keeps the registry up (for profiling).
+    let serve = std::env::args().any(|a| a == "serve");
     let mut selected: String = std::env::args()
+        .filter(|a| a != "serve")
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .flat_map(|a| a.chars().collect::<Vec<_>>())
@@ -179,6 +183,22 @@ fn main() {
         pushed_at.elapsed().as_secs_f64()
     );
 
+    if serve {
+        // For profiling: keep the registry and its images up until killed.
+        for image in [&huge, &small, &multi, &debian, &big, &tiny]
+            .into_iter()
+            .flatten()
+        {
+            println!("{}", image.reference);
+        }
+        for single in &singles {
+            println!("{}", single.reference);
+        }
+        println!("registry {host} serving until killed");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
     let mut table = Table { rows: Vec::new() };
     let section = |name: &str| println!("== {name} (loadavg {})", report::loadavg());
     let mut huge_floor = None;

@@ -193,6 +193,17 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 
 /// CPU time (user + system) this process has used so far, in seconds.
 pub fn process_cpu_seconds() -> f64 {
+    stat_seconds(11, 12)
+}
+
+/// CPU time (user + system) of the child processes waited for so far (their own
+/// waited-for children included), in seconds.
+pub fn children_cpu_seconds() -> f64 {
+    stat_seconds(13, 14)
+}
+
+/// The sum of two clock-tick fields of `/proc/self/stat`, counted after the command name.
+fn stat_seconds(user: usize, system: usize) -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -203,6 +214,6 @@ pub fn process_cpu_seconds() -> f64 {
             .and_then(|f| f.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line: 11 to 14 after ')'.
+    (ticks(user) + ticks(system)) / 100.0
 }
