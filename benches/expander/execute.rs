@@ -44,9 +44,9 @@ const SHIPPED_LATENCY_SAMPLES: usize = 300;
 const THROUGHPUT_CLIENTS: usize = 64;
 const THROUGHPUT_CONNECTIONS: usize = 8;
 const THROUGHPUT_SECONDS: u64 = 5;
-/// Distinct actions per image for the throughput runs (5 s at up to 10,000/s), and for
+/// Distinct actions per image for the throughput runs (5 s at up to 16,000/s), and for
 /// the shipped server (limited by TCP_NODELAY, see `serve_with_nodelay`).
-const THROUGHPUT_ACTIONS: usize = 50_000;
+const THROUGHPUT_ACTIONS: usize = 80_000;
 const SHIPPED_THROUGHPUT_ACTIONS: usize = 12_000;
 
 /// An upstream that completes every Execute at once.

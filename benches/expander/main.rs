@@ -194,10 +194,16 @@ fn main() {
         for single in &singles {
             println!("{}", single.reference);
         }
-        println!("registry {host} serving until killed");
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
-        }
+        println!("registry {host} serving until SIGINT or SIGTERM");
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut terminate = signal(SignalKind::terminate()).unwrap();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+        return; // dropping the registry stops it
     }
     let mut table = Table { rows: Vec::new() };
     let section = |name: &str| println!("== {name} (loadavg {})", report::loadavg());
