@@ -384,7 +384,8 @@ pub struct ExecuteImage {
     /// Short label for the rows ("tiny", "6k", "25k").
     pub label: String,
     pub reference: String,
-    pub rows: &'static str,
+    /// Row name prefix ("g/h", "i").
+    pub rows: String,
 }
 
 /// The expander's Execution service as `Program` assembles it (same rewriter, result
@@ -432,13 +433,57 @@ async fn serve_with_nodelay(
 }
 
 /// Rows g, h (and i): per image, latency p50/p99 and throughput, through the expander
-/// vs straight to the upstream. Each image gets a fresh expander process state (its own
-/// `Program`, CAS, AC and caches), so that no image pays for another's actions.
-pub async fn execute_rows(table: &mut Table, registry_host: &str, images: &[ExecuteImage]) {
-    let upstream = start_upstream().await;
+/// vs straight to the upstream. Each image is measured in a child process of its own, so
+/// that it starts from a fresh expander process state (its own `Program`, CAS, AC,
+/// caches, and heap) and pays for no other image's actions.
+pub fn execute_rows(table: &mut Table, registry_host: &str, images: &[ExecuteImage]) {
+    use std::io::BufRead;
     for image in images {
-        image_rows(table, registry_host, upstream, image).await;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("BB_BENCH_CHILD", "execute")
+            .env("RUST_LOG", "warn")
+            .args([registry_host, &image.label, &image.reference, &image.rows])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the Execute benchmark child");
+        let stdout = child.stdout.take().unwrap();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            match line.strip_prefix(crate::report::ROW_PREFIX) {
+                Some(json) => table.push(serde_json::from_str(json).expect("row from the child")),
+                None => println!("{line}"),
+            }
+        }
+        assert!(
+            child.wait().unwrap().success(),
+            "Execute benchmark child for {} failed",
+            image.label
+        );
     }
+}
+
+/// The child process of [`execute_rows`]: `HOST LABEL REFERENCE ROWS`.
+pub fn child_rows(args: &[String]) {
+    let [host, label, reference, rows] = args else {
+        panic!("expected HOST LABEL REFERENCE ROWS, got {args:?}")
+    };
+    let image = ExecuteImage {
+        label: label.clone(),
+        reference: reference.clone(),
+        rows: rows.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let upstream = start_upstream().await;
+        let mut table = Table {
+            child: true,
+            ..Table::default()
+        };
+        image_rows(&mut table, host, upstream, &image).await;
+    });
 }
 
 async fn image_rows(
@@ -513,7 +558,7 @@ async fn image_rows(
     let (s50, s99) = (p(1, 50.0), p(1, 99.0));
     let (n50, n99) = (p(2, 50.0), p(2, 99.0));
     let load = crate::report::loadavg();
-    let rows = image.rows;
+    let rows = &image.rows;
     table.push(
         Row::new(
             format!("{rows} Execute p50, {label} image"),

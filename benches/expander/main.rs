@@ -99,10 +99,18 @@ fn big_selection() -> HostSelection {
 }
 
 fn main() {
-    if std::env::var("BB_BENCH_CHILD").as_deref() == Ok("ingest") {
-        let reference = std::env::args().nth(1).expect("image reference");
-        engine::child_ingest(&reference);
-        return;
+    match std::env::var("BB_BENCH_CHILD").as_deref() {
+        Ok("ingest") => {
+            let reference = std::env::args().nth(1).expect("image reference");
+            engine::child_ingest(&reference);
+            return;
+        }
+        Ok("execute") => {
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            execute::child_rows(&args);
+            return;
+        }
+        _ => {}
     }
     // `cargo bench` passes `--bench`; other arguments select rows, and `serve` only
     // pushes the images of the selected rows and keeps the registry up (for profiling).
@@ -205,7 +213,7 @@ fn main() {
         });
         return; // dropping the registry stops it
     }
-    let mut table = Table { rows: Vec::new() };
+    let mut table = Table::default();
     let section = |name: &str| println!("== {name} (loadavg {})", report::loadavg());
     let mut huge_floor = None;
     if let (true, Some(huge)) = (wants("a"), &huge) {
@@ -270,7 +278,7 @@ fn main() {
         execute_images.push(execute::ExecuteImage {
             label: "tiny".into(),
             reference: tiny.reference.clone(),
-            rows: "g/h",
+            rows: "g/h".into(),
         });
     }
     if wants("i") {
@@ -279,14 +287,14 @@ fn main() {
                 execute_images.push(execute::ExecuteImage {
                     label: label.into(),
                     reference: image.reference.clone(),
-                    rows: "i",
+                    rows: "i".into(),
                 });
             }
         }
     }
     if !execute_images.is_empty() {
         section("g/h/i: warm Execute path");
-        runtime.block_on(execute::execute_rows(&mut table, &host, &execute_images));
+        execute::execute_rows(&mut table, &host, &execute_images);
     }
 
     println!();

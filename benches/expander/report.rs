@@ -1,9 +1,10 @@
 //! The table the benchmark prints, and small measuring helpers.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How a measured value compares with its target.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub enum Target {
     /// `measured / baseline` at most this.
     RatioAtMost(f64),
@@ -18,7 +19,7 @@ pub enum Target {
 }
 
 /// Units of a row's measured and baseline values.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub enum Unit {
     Seconds,
     Millis,
@@ -37,6 +38,7 @@ impl Unit {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct Row {
     pub name: String,
     pub unit: Unit,
@@ -97,13 +99,23 @@ impl Row {
     }
 }
 
+#[derive(Default)]
 pub struct Table {
     pub rows: Vec<Row>,
+    /// In a child process: rows are printed as `ROW <json>` lines for the parent.
+    pub child: bool,
 }
+
+/// Prefix of the lines a child process reports its rows with.
+pub const ROW_PREFIX: &str = "ROW ";
 
 impl Table {
     pub fn push(&mut self, row: Row) {
-        print_row(&row);
+        if self.child {
+            println!("{ROW_PREFIX}{}", serde_json::to_string(&row).unwrap());
+        } else {
+            print_row(&row);
+        }
         self.rows.push(row);
     }
 
