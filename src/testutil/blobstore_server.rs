@@ -177,7 +177,7 @@ impl BlobstoreServerBuilder {
         let address = listener
             .local_addr()
             .expect("Failed to obtain local address");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
