@@ -164,9 +164,17 @@ impl LayerIngester {
         };
         let parser = tokio::task::spawn_blocking(move || job.run());
         let uploads = uploader::upload_files(&*self.cas, instance, &self.options, upload_receiver);
-        let feeder = feed_chunks(blob, chunk_sender);
-        let (upload_result, parse_result) =
-            tokio::join!(upload_while_feeding(uploads, feeder), parser);
+        // The feeder runs as a task of its own, so that uploads (which may hash and
+        // copy whole files) never hold up the bytes the parser is waiting for.
+        let feeder = tokio::spawn(feed_chunks(blob, chunk_sender)).abort_handle();
+        let uploads = async {
+            let result = uploads.await;
+            // Done, or failed: either way the parser needs no more bytes; ending the
+            // blob stream makes a parser still running stop quickly.
+            feeder.abort();
+            result
+        };
+        let (upload_result, parse_result) = tokio::join!(uploads, parser);
         let parse_result = parse_result
             .map_err(|e| Status::internal(format!("Layer parser thread failed: {e}")))?;
         // A failed upload stops the feeder, after which the parser fails too; the
@@ -182,25 +190,6 @@ impl LayerIngester {
             Err(tar_entries::ReadError::UploaderGone) => Err(Status::internal(
                 "Uploader stopped before the layer was parsed",
             )),
-        }
-    }
-}
-
-/// Runs the uploader and the feeder together until the uploader is done. The uploader
-/// only finishes successfully after the parser has finished, so dropping the feeder at
-/// that point is harmless; if it fails, dropping the feeder ends the blob stream for the
-/// parser, which then stops quickly instead of reading the rest of the layer.
-async fn upload_while_feeding(
-    uploads: impl std::future::Future<Output = Result<(), Status>>,
-    feeder: impl std::future::Future<Output = ()>,
-) -> Result<(), Status> {
-    let mut uploads = std::pin::pin!(uploads);
-    let mut feeder = std::pin::pin!(feeder);
-    let mut feeding = true;
-    loop {
-        tokio::select! {
-            () = &mut feeder, if feeding => feeding = false,
-            result = &mut uploads => return result,
         }
     }
 }
