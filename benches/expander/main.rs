@@ -24,7 +24,7 @@
 //! `docker-registry`, `gzip`, `skopeo` and `umoci`; nothing is installed by the benchmark.
 
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 mod engine;

@@ -177,7 +177,8 @@ impl BlobstoreServerBuilder {
         let address = listener
             .local_addr()
             .expect("Failed to obtain local address");
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
