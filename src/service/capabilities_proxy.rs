@@ -29,10 +29,7 @@ impl Capabilities for CapabilitiesProxy {
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
         let timeout = super::execution_proxy::grpc_timeout(request.metadata());
-        let mut out = Request::new(request.into_inner());
-        if let Some(t) = timeout {
-            out.set_timeout(t);
-        }
+        let out = super::execution_proxy::with_timeout(request.into_inner(), timeout);
         self.scheduler
             .clone()
             .get_capabilities(out)

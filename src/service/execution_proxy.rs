@@ -41,14 +41,10 @@ impl ExecutionProxy {
         request: ExecuteRequest,
         timeout: Option<Duration>,
     ) -> Result<OperationStream, Status> {
-        let mut out = Request::new(request);
-        if let Some(t) = timeout {
-            out.set_timeout(t);
-        }
         let stream = self
             .scheduler
             .clone()
-            .execute(out)
+            .execute(with_timeout(request, timeout))
             .await
             .map_err(|s| from_upstream(s, "Failed to forward Execute to the scheduler"))?
             .into_inner();
@@ -61,19 +57,24 @@ impl ExecutionProxy {
         request: WaitExecutionRequest,
         timeout: Option<Duration>,
     ) -> Result<OperationStream, Status> {
-        let mut out = Request::new(request);
-        if let Some(t) = timeout {
-            out.set_timeout(t);
-        }
         let stream = self
             .scheduler
             .clone()
-            .wait_execution(out)
+            .wait_execution(with_timeout(request, timeout))
             .await
             .map_err(|s| from_upstream(s, "Failed to forward WaitExecution to the scheduler"))?
             .into_inner();
         Ok(relay(stream, "Scheduler failed during WaitExecution"))
     }
+}
+
+/// An outgoing request carrying the client's deadline, if it gave one.
+pub fn with_timeout<T>(message: T, timeout: Option<Duration>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    request
 }
 
 fn relay(stream: tonic::Streaming<Operation>, context: &'static str) -> OperationStream {
