@@ -73,8 +73,10 @@ local common = import 'common.libsonnet';
   //     bb_storage server, normally the frontend (see common.libsonnet for why).
   //     enableCompression is accepted and ignored.
   //   { memory: { maximumSizeBytes: N } }: in this process, least recently used
-  //     blobs evicted beyond N bytes. Only for trying the expander out and for the
-  //     `expand` command: the scheduler and workers cannot see it.
+  //     blobs evicted beyond N bytes. Default N (unset or 0, so `memory: {}` works):
+  //     4 GiB, a quarter of a typical 16 GiB machine, taken only as blobs arrive.
+  //     Only for trying the expander out and for the `expand` command: the
+  //     scheduler and workers cannot see it.
   //   { readCaching: { slow: backend, fast: backend } } (CAS only): reads try `fast`
   //     first and copy what `slow` returns into it; writes go to `slow`.
   //   { existenceCaching: { backend: backend, existenceCache: { cacheSize: N,

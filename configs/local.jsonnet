@@ -12,8 +12,10 @@
   },
   grpcServers: [{ listenAddresses: ['127.0.0.1:8985'], authenticationPolicy: { allow: {} } }],
   blobstore: {
-    contentAddressableStorage: { memory: { maximumSizeBytes: 4 * 1024 * 1024 * 1024 } },
-    actionCache: { memory: { maximumSizeBytes: 64 * 1024 * 1024 } },
+    // memory: {} holds up to 4 GiB (the default maximumSizeBytes), as `expand`
+    // without --config.
+    contentAddressableStorage: { memory: {} },
+    actionCache: { memory: {} },
   },
   scheduler: { address: '127.0.0.1:8982' },
   containerImages: {

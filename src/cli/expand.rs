@@ -4,9 +4,10 @@
 //! Expands each image into the CAS and prints one JSON object per image and line:
 //! `image`, `manifestDigest`, `rootDirectoryDigest` (`{"hash","sizeBytes"}`), statistics
 //! and seconds per step, or `error` (`{"code","message"}`). Exits non-zero if any image
-//! failed. Without `--config`, the CAS and Action Cache are in memory and any registry
-//! may be contacted; with it, the configuration's `blobstore` and `containerImages` are
-//! used, exactly as the service would. Progress is logged to stderr.
+//! failed. Without `--config`, the CAS and Action Cache are in memory (`memory: {}`,
+//! 4 GiB each) and any registry may be contacted; with it, the configuration's
+//! `blobstore` and `containerImages` are used, exactly as the service would. Progress
+//! is logged to stderr.
 
 use crate::blobstore::configuration::{
     new_action_cache_from_configuration, new_content_addressable_storage_from_configuration,
@@ -15,6 +16,7 @@ use crate::blobstore::{
     ActionCache, ContentAddressableStorage, Instance, MemoryActionCache,
     MemoryContentAddressableStorage,
 };
+use crate::config::blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES;
 use crate::config::container_images::ContainerImagesConfiguration;
 use crate::digest::DigestFunction;
 use crate::image::{ExpandedImage, ImageExpander};
@@ -100,8 +102,11 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
             )
         }
         None => (
-            Arc::new(MemoryContentAddressableStorage::new(64 << 30)),
-            Arc::new(MemoryActionCache::new(1 << 30)),
+            // `memory: {}`, as configs/local.jsonnet.
+            Arc::new(MemoryContentAddressableStorage::new(
+                DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES,
+            )),
+            Arc::new(MemoryActionCache::new(DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES)),
             ContainerImagesConfiguration {
                 allow_any_registry: true,
                 ..Default::default()

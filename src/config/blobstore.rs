@@ -47,9 +47,46 @@ pub struct GrpcBlobAccessConfiguration {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MemoryBlobAccessConfiguration {
-    /// Least recently used blobs are evicted beyond this size.
-    #[serde(deserialize_with = "protojson::uint64")]
+    /// Least recently used blobs are evicted beyond this size. Unset or 0 (protobuf's
+    /// "unset", as elsewhere in Buildbarn configurations) means
+    /// [`DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES`], so `memory: {}` is a complete backend.
+    #[serde(
+        default = "default_memory_maximum_size_bytes",
+        deserialize_with = "memory_maximum_size_bytes"
+    )]
     pub maximum_size_bytes: u64,
+}
+
+/// The size of a `memory` backend whose `maximumSizeBytes` is unset: 4 GiB.
+///
+/// The memory backend is the embedded default (`configs/local.jsonnet` and `expand`
+/// without `--config` use it) on a developer's machine or a small pod, where 16 GiB of
+/// RAM is typical: a quarter of that holds the files of a few toolchain images
+/// (docs/operations.md counts about 1 GiB per 1 GiB uncompressed image) while leaving
+/// the rest to the build. The bound is not reserved: memory is taken only as blobs
+/// arrive. Beyond it the least recently used blobs are evicted, and the completeness
+/// checks of the image caches re-ingest what an eviction removed. The same default
+/// serves the Action Cache, whose records are kilobytes and never come near it.
+pub const DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+fn default_memory_maximum_size_bytes() -> u64 {
+    DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES
+}
+
+fn memory_maximum_size_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(match protojson::uint64(d)? {
+        0 => DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES,
+        n => n,
+    })
+}
+
+impl Default for MemoryBlobAccessConfiguration {
+    /// `memory: {}`.
+    fn default() -> Self {
+        Self {
+            maximum_size_bytes: DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

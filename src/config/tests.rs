@@ -151,3 +151,62 @@ fn validation_requires_a_listen_address() {
         "{err}"
     );
 }
+
+#[test]
+fn memory_backend_without_size_takes_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL
+        .replace("{ maximumSizeBytes: 1024 * 1024 }", "{}")
+        .replace("{ maximumSizeBytes: '1048576' }", "{ maximumSizeBytes: 0 }");
+    let path = write(dir.path(), "c.jsonnet", &text);
+    let c = load(&path).unwrap();
+    for backend in [
+        &c.blobstore.content_addressable_storage,
+        &c.blobstore.action_cache,
+    ] {
+        match backend {
+            blobstore::BlobAccessConfiguration::Memory(m) => {
+                assert_eq!(
+                    m.maximum_size_bytes,
+                    blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES, 4 << 30);
+    assert_eq!(
+        blobstore::MemoryBlobAccessConfiguration::default().maximum_size_bytes,
+        blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES
+    );
+}
+
+#[test]
+fn memory_backend_still_refuses_unknown_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace(
+        "{ maximumSizeBytes: 1024 * 1024 }",
+        "{ maximumSizeByte: 1024 }",
+    );
+    let path = write(dir.path(), "c.jsonnet", &text);
+    let err = load(&path).unwrap_err();
+    assert!(
+        err.contains("blobstore.contentAddressableStorage.memory.maximumSizeByte: unknown field `maximumSizeByte`"),
+        "{err}"
+    );
+    let text = MINIMAL.replace("{ maximumSizeBytes: 1024 * 1024 }", "{ evict: true }");
+    let path = write(dir.path(), "c.jsonnet", &text);
+    let err = load(&path).unwrap_err();
+    assert!(err.contains("unknown field `evict`"), "{err}");
+}
+
+#[test]
+fn shipped_local_configuration_uses_the_default_memory_size() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/local.jsonnet");
+    let c = load(path).unwrap();
+    assert!(matches!(
+        c.blobstore.content_addressable_storage,
+        blobstore::BlobAccessConfiguration::Memory(ref m)
+            if m.maximum_size_bytes == blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES
+    ));
+}
