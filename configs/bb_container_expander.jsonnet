@@ -26,7 +26,9 @@ local common = import 'common.libsonnet';
   //   httpServers[].listenAddresses: e.g. [':9980'].
   //   httpServers[].authenticationPolicy: { allow: {} } | { deny: 'message' } |
   //     { any: { policies: [...] } } | { all: { policies: [...] } }.
-  //   enablePrometheus: serve /metrics. Default: false. Recommended value: true.
+  //   enablePrometheus: serve /metrics: the process_* series (CPU, memory, file
+  //     descriptors, start time) from the first scrape on, the expander's own once
+  //     used. Default: false. Recommended value: true.
   //   enablePprof, enableActiveSpans: accepted so that a Buildbarn
   //     common.libsonnet can be reused; they have no effect here.
   //   Default: no diagnostics server.

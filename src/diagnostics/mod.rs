@@ -1,7 +1,8 @@
 //! The diagnostics HTTP server of `global.diagnosticsHttpServer`, as in every Buildbarn
 //! binary: `/-/healthy` answers 200 once the process is serving (503 before, and again
 //! while shutting down), and `/metrics` serves Prometheus metrics when
-//! `enablePrometheus` is set.
+//! `enablePrometheus` is set: the service's own series (each once used) and, from the
+//! first scrape on, the `process_*` series of [`process`].
 
 use crate::config::global::DiagnosticsHttpServerConfiguration;
 use crate::grpc::authentication;
@@ -14,6 +15,8 @@ use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+
+pub mod process;
 
 /// Whether the process is ready to serve; shared with `/-/healthy`.
 #[derive(Clone, Default)]
@@ -28,8 +31,20 @@ impl Readiness {
     }
 }
 
-/// Renders every registered metric in the Prometheus text format.
+/// Registers the `process_*` collector with the default registry, once per process.
+pub fn register_process_metrics() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        if let Err(e) = prometheus::register(Box::new(process::ProcessCollector::new())) {
+            tracing::warn!("Failed to register the process metrics: {e}");
+        }
+    });
+}
+
+/// Renders every registered metric in the Prometheus text format, the `process_*`
+/// series included.
 pub fn render_metrics() -> String {
+    register_process_metrics();
     let families = prometheus::gather();
     prometheus::TextEncoder::new()
         .encode_to_string(&families)
@@ -70,6 +85,9 @@ pub async fn bind(
     readiness: Readiness,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<BoxFuture<'static, Result<(), String>>>, String> {
+    if config.enable_prometheus {
+        register_process_metrics();
+    }
     let mut servers = Vec::new();
     for server in &config.http_servers {
         let mut app = router(config, readiness.clone());
