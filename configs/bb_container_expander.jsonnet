@@ -33,7 +33,9 @@ local common = import 'common.libsonnet';
   //     common.libsonnet can be reused; they have no effect here.
   //   Default: no diagnostics server.
   //
-  // logPaths: files that logs are appended to, besides standard error. Set
+  // logPaths: files that logs are appended to, besides standard error; created if
+  // missing, and the service does not start if one cannot be opened. They never get
+  // ANSI colour codes; standard error gets them only when it is a terminal. Set
   // RUST_LOG (e.g. RUST_LOG=debug) to change the level. Default: none.
   global: common.global,
 

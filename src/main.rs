@@ -3,6 +3,7 @@
 //! `check-config FILE` evaluates and validates a configuration without starting
 //! anything; `expand IMAGE...` expands images into the CAS and prints the results.
 
+use bb_container_expander::diagnostics::logging;
 use bb_container_expander::{config, program};
 use std::process::ExitCode;
 
@@ -40,15 +41,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +57,8 @@ fn check_config(path: &str) -> Result<(), String> {
 }
 
 fn expand(args: &[String]) -> Result<(), String> {
-    init_logging();
+    // Progress on standard error only: logPaths are the service's.
+    logging::init(&[])?;
     let arguments = bb_container_expander::cli::expand::ExpandArguments::parse(args)?;
     let all_ok = runtime()?.block_on(bb_container_expander::cli::expand::run(arguments))?;
     if all_ok {
@@ -76,8 +69,8 @@ fn expand(args: &[String]) -> Result<(), String> {
 }
 
 fn run(path: &str) -> Result<(), String> {
-    init_logging();
     let configuration = config::load(path)?;
+    logging::init(&configuration.global.log_paths)?;
     runtime()?.block_on(async move {
         let program = program::Program::from_configuration(configuration)?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -9,7 +9,8 @@ pub struct GlobalConfiguration {
     /// The diagnostics HTTP server: `/-/healthy` and, if enabled, `/metrics`.
     #[serde(default)]
     pub diagnostics_http_server: Option<DiagnosticsHttpServerConfiguration>,
-    /// Files that logs are written to, in addition to standard error.
+    /// Files that logs are appended to (created if missing), in addition to standard
+    /// error; never with ANSI colour codes. See `diagnostics::logging`.
     #[serde(default)]
     pub log_paths: Vec<String>,
 }

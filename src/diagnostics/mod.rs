@@ -2,7 +2,7 @@
 //! binary: `/-/healthy` answers 200 once the process is serving (503 before, and again
 //! while shutting down), and `/metrics` serves Prometheus metrics when
 //! `enablePrometheus` is set: the service's own series (each once used) and, from the
-//! first scrape on, the `process_*` series of [`process`].
+//! first scrape on, the `process_*` series of [`process`]. [`logging`] sets up the logs.
 
 use crate::config::global::DiagnosticsHttpServerConfiguration;
 use crate::grpc::authentication;
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+pub mod logging;
 pub mod process;
 
 /// Whether the process is ready to serve; shared with `/-/healthy`.

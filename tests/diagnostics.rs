@@ -1,0 +1,177 @@
+//! The built binary, run as a deployment runs it, on the embedded default
+//! (`memory: {}`): its first `/metrics` already has the `process_*` series, and its
+//! logs, on a piped standard error and in `global.logPaths`, carry no ANSI codes.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 GET; `None` while nothing listens.
+fn http_get(address: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(address).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The value of an unlabelled series in the Prometheus text format.
+fn value(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+}
+
+struct Service {
+    /// Taken by [`Service::stop`]; killed on drop if a test fails first.
+    child: Option<Child>,
+    http: String,
+}
+
+impl Service {
+    fn start(dir: &std::path::Path, log: &std::path::Path) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let config = dir.join("expander.jsonnet");
+        std::fs::write(
+            &config,
+            format!(
+                r#"{{
+                  global: {{
+                    diagnosticsHttpServer: {{
+                      httpServers: [{{ listenAddresses: ['127.0.0.1:{http_port}'], authenticationPolicy: {{ allow: {{}} }} }}],
+                      enablePrometheus: true,
+                    }},
+                    logPaths: ['{log}'],
+                  }},
+                  grpcServers: [{{ listenAddresses: ['127.0.0.1:{grpc_port}'], authenticationPolicy: {{ allow: {{}} }} }}],
+                  blobstore: {{
+                    contentAddressableStorage: {{ memory: {{}} }},
+                    actionCache: {{ memory: {{}} }},
+                  }},
+                }}"#,
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bb-container-expander"))
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            http: format!("127.0.0.1:{http_port}"),
+        }
+    }
+
+    /// Stops the service with SIGTERM; returns its standard error.
+    fn stop(mut self) -> Vec<u8> {
+        let child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        output.stderr
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn fresh_service_exports_process_metrics_and_plain_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("expander.log");
+    let service = Service::start(dir.path(), &log);
+
+    // The very first request the service answers is this scrape.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        if let Some(response) = http_get(&service.http, "/metrics") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the service did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE process_cpu_seconds_total counter"),
+        "{metrics}"
+    );
+    let resident = value(&metrics, "process_resident_memory_bytes");
+    assert!(resident > 1024.0 * 1024.0, "{resident}");
+    assert!(value(&metrics, "process_virtual_memory_bytes") >= resident);
+    assert!(value(&metrics, "process_cpu_seconds_total") >= 0.0);
+    // At least the two listeners.
+    let open = value(&metrics, "process_open_fds");
+    assert!(open >= 2.0, "{open}");
+    assert!(value(&metrics, "process_max_fds") >= open);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value(&metrics, "process_start_time_seconds");
+    assert!(
+        started > now - 3600.0 && started <= now + 1.0,
+        "start time {started}, now {now}"
+    );
+    let healthy = http_get(&service.http, "/-/healthy").unwrap();
+    assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+
+    let stderr = service.stop();
+    let stderr_text = String::from_utf8_lossy(&stderr);
+    assert!(
+        stderr_text.contains("Diagnostics HTTP server listening on"),
+        "{stderr_text}"
+    );
+    assert!(
+        !stderr.contains(&0x1b),
+        "ANSI codes on a piped stderr: {stderr_text:?}"
+    );
+    let file = std::fs::read(&log).unwrap();
+    let file_text = String::from_utf8_lossy(&file);
+    assert!(
+        file_text.contains("Diagnostics HTTP server listening on"),
+        "{file_text}"
+    );
+    assert!(
+        !file.contains(&0x1b),
+        "ANSI codes in a log file: {file_text:?}"
+    );
+}
