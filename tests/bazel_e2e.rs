@@ -266,7 +266,7 @@ async fn chroot_worker_reports_missing_inputs_as_bb_worker_does() {
     use futures::StreamExt;
     use prost::Message;
 
-    let storage = BlobstoreServer::start_in_memory().await;
+    let storage = BlobstoreServer::start_in_memory_serving(&["x"]).await;
     let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
     let instance = Instance::new("x", DigestFunction::Sha256);
     let command = reapi::Command {
@@ -377,8 +377,9 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
         .await;
     let image_reference = format!("docker://{}/test/e2e:v1", registry.host());
 
-    // Storage shared by Bazel, the expander and the worker; the worker; the expander.
-    let storage = BlobstoreServer::start_in_memory().await;
+    // Storage shared by Bazel, the expander and the worker (serving only Bazel's
+    // instance name, as a real server would); the worker; the expander.
+    let storage = BlobstoreServer::start_in_memory_serving(&[INSTANCE_NAME]).await;
     let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
     let (expander_port, expander_shutdown, expander_task) = start_expander(
         &registry.host(),

@@ -182,8 +182,9 @@ async fn operations_are_relayed_with_the_clients_action_digest() {
     );
     for op in &operations {
         assert_eq!(
-            op.name, seen.operation_name,
-            "operation names pass unchanged"
+            op.name,
+            format!("{INSTANCE}/operations/{}", seen.operation_name),
+            "the scheduler's operation name, behind the instance name"
         );
         assert_eq!(
             operation_metadata(op).action_digest.as_ref(),
@@ -722,7 +723,11 @@ async fn steps_and_outcomes_are_counted_in_metrics() {
             1.0,
         ),
         (
-            r#"buildbarn_container_expander_cache_lookups_total{cache="write_back",result="written"}"#,
+            r#"buildbarn_container_expander_bookkeeping_writes_total{record="write_back",result="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"buildbarn_container_expander_bookkeeping_writes_total{record="mapping",result="ok"}"#,
             1.0,
         ),
         (

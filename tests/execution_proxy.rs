@@ -37,7 +37,7 @@ struct Expander {
 impl Expander {
     async fn start(scheduler: &str, extra: &str) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
-        let storage = BlobstoreServer::start_in_memory().await;
+        let storage = BlobstoreServer::start_in_memory_serving(&[INSTANCE]).await;
         let storage_address = storage.address();
         let text = format!(
             r#"{{
@@ -106,10 +106,21 @@ fn action() -> reapi::Action {
     }
 }
 
+/// The only instance name the fake storage and scheduler serve.
+const INSTANCE: &str = "hello";
+
+/// The fake scheduler's default script, serving [`INSTANCE`].
+fn script() -> Script {
+    Script {
+        instance_names: vec![INSTANCE.into()],
+        ..Script::default()
+    }
+}
+
 fn execute_request() -> reapi::ExecuteRequest {
     let (digest, _) = encode_message(DigestFunction::Sha256, &action());
     reapi::ExecuteRequest {
-        instance_name: "hello".into(),
+        instance_name: INSTANCE.into(),
         action_digest: Some(digest),
         skip_cache_lookup: true,
         ..Default::default()
@@ -119,7 +130,7 @@ fn execute_request() -> reapi::ExecuteRequest {
 impl Expander {
     /// Stores the test action where the expander reads it.
     async fn store_action(&self) {
-        let instance = Instance::new("hello", DigestFunction::Sha256);
+        let instance = Instance::new(INSTANCE, DigestFunction::Sha256);
         put_message(&*self.storage.cas(), &instance, &action())
             .await
             .unwrap();
@@ -127,8 +138,8 @@ impl Expander {
 }
 
 #[tokio::test]
-async fn execute_relays_operations_in_order_with_names_untouched() {
-    let scheduler = FakeScheduler::start(Script::default()).await;
+async fn execute_relays_operations_in_order_named_with_the_instance() {
+    let scheduler = FakeScheduler::start(script()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
     expander.store_action().await;
     let mut client = ExecutionClient::new(expander.channel().await);
@@ -142,7 +153,14 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
         .insert("authorization", "Bearer secret".parse().unwrap());
     let stream = client.execute(request).await.unwrap().into_inner();
     let names: Vec<String> = stream.map(|op| op.unwrap().name).collect().await;
-    assert_eq!(names, vec!["operation-1", "operation-2", "operation-3"]);
+    assert_eq!(
+        names,
+        vec![
+            "hello/operations/operation-1",
+            "hello/operations/operation-2",
+            "hello/operations/operation-3"
+        ]
+    );
 
     {
         let log = scheduler.log();
@@ -163,19 +181,27 @@ async fn execute_relays_operations_in_order_with_names_untouched() {
 
 #[tokio::test]
 async fn wait_execution_and_get_capabilities_are_forwarded() {
-    let scheduler = FakeScheduler::start(Script::default()).await;
+    let scheduler = FakeScheduler::start(script()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
     expander.store_action().await;
     let channel = expander.channel().await;
     let mut client = ExecutionClient::new(channel.clone());
     let stream = client
         .wait_execution(reapi::WaitExecutionRequest {
-            name: "operation-xyz".into(),
+            name: "hello/operations/operation-xyz".into(),
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.count().await, 3);
+    let names: Vec<String> = stream.map(|op| op.unwrap().name).collect().await;
+    assert_eq!(
+        names,
+        vec![
+            "hello/operations/operation-1",
+            "hello/operations/operation-2",
+            "hello/operations/operation-3"
+        ]
+    );
     assert_eq!(
         scheduler.log().wait_execution_requests[0].name,
         "operation-xyz"
@@ -183,7 +209,7 @@ async fn wait_execution_and_get_capabilities_are_forwarded() {
 
     let capabilities = CapabilitiesClient::new(channel)
         .get_capabilities(reapi::GetCapabilitiesRequest {
-            instance_name: "hello".into(),
+            instance_name: INSTANCE.into(),
         })
         .await
         .unwrap()
@@ -196,7 +222,7 @@ async fn wait_execution_and_get_capabilities_are_forwarded() {
 async fn client_cancel_cancels_the_upstream_stream() {
     let scheduler = FakeScheduler::start(Script {
         hold_open: true,
-        ..Script::default()
+        ..script()
     })
     .await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
@@ -207,7 +233,10 @@ async fn client_cancel_cancels_the_upstream_stream() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.next().await.unwrap().unwrap().name, "operation-1");
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().name,
+        "hello/operations/operation-1"
+    );
     drop(stream);
     scheduler
         .wait_until(Duration::from_secs(10), |log| log.cancelled_streams == 1)
@@ -236,7 +265,7 @@ async fn unreachable_scheduler_yields_unavailable() {
 async fn scheduler_dying_mid_stream_yields_unavailable() {
     let mut scheduler = FakeScheduler::start(Script {
         hold_open: true,
-        ..Script::default()
+        ..script()
     })
     .await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
@@ -258,7 +287,7 @@ async fn scheduler_dying_mid_stream_yields_unavailable() {
 
 #[tokio::test]
 async fn deny_policy_refuses_calls() {
-    let scheduler = FakeScheduler::start(Script::default()).await;
+    let scheduler = FakeScheduler::start(script()).await;
     let expander = Expander::start(
         &scheduler.address().to_string(),
         "{ grpcServers: [super.grpcServers[0] { authenticationPolicy: { deny: 'Closed for maintenance' } }] }",
@@ -278,7 +307,7 @@ async fn deny_policy_refuses_calls() {
 
 #[tokio::test]
 async fn health_and_metrics() {
-    let scheduler = FakeScheduler::start(Script::default()).await;
+    let scheduler = FakeScheduler::start(script()).await;
     let expander = Expander::start(&scheduler.address().to_string(), "{}").await;
     expander.store_action().await;
     let channel = expander.channel().await;
@@ -314,7 +343,7 @@ async fn health_and_metrics() {
 
 #[tokio::test]
 async fn serves_on_unix_sockets() {
-    let scheduler = FakeScheduler::start(Script::default()).await;
+    let scheduler = FakeScheduler::start(script()).await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("expander.sock");
     // A stale socket file from an earlier process must not prevent start-up.

@@ -8,9 +8,14 @@
 //! GetActionResult hits (the worker wrote it under the rewritten digest only).
 //!
 //! The mapping rewritten → original is kept in memory and as an Action Cache record (a
-//! fake action of step `rewritten-action`, stored under the empty instance name because
-//! WaitExecution carries no instance name), so that an operation that completes through
-//! WaitExecution on another replica, or after a restart, is mapped all the same.
+//! fake action of step `rewritten-action`) under the request's own instance name, so
+//! that an operation that completes through WaitExecution on another replica, or after
+//! a restart, is mapped all the same: the operation name handed to the client carries
+//! the instance name (see `service::operation_names`).
+//!
+//! Both the mapping record and the write-back are bookkeeping: they never decide the
+//! outcome of the client's action. A failed write is logged and counted in
+//! `buildbarn_container_expander_bookkeeping_writes_total`, and the action goes on.
 
 use crate::blobstore::{
     get_message, put_message, ActionCache, ContentAddressableStorage, Instance,
@@ -46,9 +51,12 @@ pub struct ResultMapper {
     local: Mutex<LocalMappings>,
 }
 
-fn mapping_key(rewritten: &reapi::Digest) -> Result<(Instance, FakeAction), Status> {
+fn mapping_key(
+    instance_name: &str,
+    rewritten: &reapi::Digest,
+) -> Result<(Instance, FakeAction), Status> {
     let function = DigestFunction::from_request(0, &rewritten.hash)?;
-    let instance = Instance::new("", function);
+    let instance = Instance::new(instance_name, function);
     let key = FakeAction::new(
         &instance,
         Step::RewrittenAction,
@@ -84,35 +92,54 @@ impl ResultMapper {
         }
     }
 
-    /// Records that `provenance.rewritten_action_digest` stands for the client's action.
-    pub async fn record(&self, provenance: &ExpansionProvenance) -> Result<(), Status> {
-        let rewritten = provenance
-            .rewritten_action_digest
-            .clone()
-            .ok_or_else(|| Status::internal("Provenance without rewritten action digest"))?;
-        let (instance, key) = mapping_key(&rewritten)?;
-        let blob = put_message(&*self.cas, &instance, provenance).await?;
-        write_record(
-            &*self.cas,
-            &*self.ac,
-            &instance,
-            &key,
-            vec![("provenance".into(), blob)],
-        )
-        .await?;
+    /// Records that `provenance.rewritten_action_digest` stands for the client's action,
+    /// in memory and in the Action Cache of `provenance.instance_name`. Never fails: a
+    /// failed write is logged and counted, and only WaitExecution on another replica (or
+    /// after a restart) loses the mapping.
+    pub async fn record(&self, provenance: &ExpansionProvenance) {
+        let Some(rewritten) = provenance.rewritten_action_digest.clone() else {
+            tracing::error!("Provenance without rewritten action digest: not recorded");
+            return;
+        };
         self.remember(&rewritten, Arc::new(provenance.clone()));
-        Ok(())
+        let result = async {
+            let (instance, key) = mapping_key(&provenance.instance_name, &rewritten)?;
+            let blob = put_message(&*self.cas, &instance, provenance).await?;
+            write_record(
+                &*self.cas,
+                &*self.ac,
+                &instance,
+                &key,
+                vec![("provenance".into(), blob)],
+            )
+            .await
+        }
+        .await;
+        crate::image::metrics::bookkeeping_write("mapping", result.is_ok());
+        if let Err(status) = result {
+            tracing::warn!(
+                "Failed to record rewritten action {} of instance {:?} (WaitExecution on \
+                 another replica will not map its result back): {}",
+                crate::digest::display(&rewritten),
+                provenance.instance_name,
+                status.message()
+            );
+        }
     }
 
-    /// The provenance of a rewritten action, if it was rewritten by any replica.
+    /// The provenance of a rewritten action of `instance_name`, if it was rewritten by
+    /// any replica.
     pub async fn lookup(
         &self,
+        instance_name: &str,
         rewritten: &reapi::Digest,
     ) -> Result<Option<Arc<ExpansionProvenance>>, Status> {
         if let Some(p) = self.local.lock().0.get(&crate::digest::display(rewritten)) {
-            return Ok(Some(p.clone()));
+            if p.instance_name == instance_name {
+                return Ok(Some(p.clone()));
+            }
         }
-        let Ok((instance, key)) = mapping_key(rewritten) else {
+        let Ok((instance, key)) = mapping_key(instance_name, rewritten) else {
             return Ok(None);
         };
         let Some(record) = read_record(&*self.ac, &instance, &key).await? else {
@@ -207,12 +234,17 @@ impl ResultMapper {
             .put_action_result(&instance, original, result.clone())
             .await
         {
-            Ok(()) => crate::image::metrics::cache_lookup("write_back", "written"),
-            Err(s) => tracing::warn!(
-                "Failed to write the result of action {} back under the client's digest: {}",
-                crate::digest::display(original),
-                s.message()
-            ),
+            Ok(()) => crate::image::metrics::bookkeeping_write("write_back", true),
+            Err(s) => {
+                crate::image::metrics::bookkeeping_write("write_back", false);
+                tracing::warn!(
+                    "Failed to write the result of action {} back under the client's digest \
+                     in instance {:?}: {}",
+                    crate::digest::display(original),
+                    provenance.instance_name,
+                    s.message()
+                )
+            }
         }
     }
 }

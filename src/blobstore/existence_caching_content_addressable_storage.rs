@@ -270,7 +270,7 @@ mod tests {
 
     /// The decorator over a gRPC backend, so that backend calls can be counted.
     async fn fixture(cache_size: usize) -> Fixture {
-        let server = BlobstoreServer::start_in_memory().await;
+        let server = BlobstoreServer::start_in_memory_serving(&["", "other"]).await;
         let clock = Arc::new(ManualClock::new());
         let backend = Arc::new(GrpcContentAddressableStorage::new(
             server.channel(),

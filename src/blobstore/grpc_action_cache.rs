@@ -87,7 +87,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_trip_with_instance_name_and_digest_function() {
-        let server = BlobstoreServer::start_in_memory().await;
+        let server = BlobstoreServer::start_in_memory_serving(&["", "foo", "foo/bar"]).await;
         let ac = GrpcActionCache::new(server.channel());
         let instance = Instance::new("foo/bar", DigestFunction::Sha512);
         let action = DigestFunction::Sha512.digest_of(b"action");
@@ -113,7 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_entry_is_not_found() {
-        let server = BlobstoreServer::start_in_memory().await;
+        let server = BlobstoreServer::start_in_memory_serving(&["", "foo", "foo/bar"]).await;
         let ac = GrpcActionCache::new(server.channel());
         let instance = Instance::new("", DigestFunction::Sha256);
         let action = DigestFunction::Sha256.digest_of(b"action");
@@ -130,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn update_errors_keep_their_code() {
-        let server = BlobstoreServer::start_in_memory().await;
+        let server = BlobstoreServer::start_in_memory_serving(&["", "foo", "foo/bar"]).await;
         let ac = GrpcActionCache::new(server.channel());
         let instance = Instance::new("", DigestFunction::Sha256);
         let action = DigestFunction::Sha256.digest_of(b"action");

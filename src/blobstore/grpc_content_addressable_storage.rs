@@ -635,6 +635,7 @@ mod tests {
     ) -> (BlobstoreServer, GrpcContentAddressableStorage) {
         let server = BlobstoreServer::builder(backend, Arc::new(MemoryActionCache::new(1 << 20)))
             .maximum_received_message_size_bytes(LIMIT)
+            .instance_names(["", "foo/bar"])
             .start()
             .await;
         let cas = GrpcContentAddressableStorage::new(server.channel(), LIMIT);

@@ -67,6 +67,30 @@ static ACTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+static BOOKKEEPING_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "bookkeeping_writes_total",
+            "Writes of records that never decide an action's outcome, by record (mapping: \
+             rewritten action to the client's; write_back: a result stored under the \
+             client's action digest) and result (ok, failed).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["record", "result"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts a bookkeeping write: `record` is `mapping` or `write_back`.
+pub fn bookkeeping_write(record: &str, ok: bool) {
+    BOOKKEEPING_WRITES
+        .with_label_values(&[record, if ok { "ok" } else { "failed" }])
+        .inc();
+}
+
 /// Counts an action: `front_door` is `execute` or `route_action`, `outcome` is
 /// `rewritten` or `passed_through`.
 pub fn action(front_door: &str, outcome: &str) {

@@ -1,7 +1,8 @@
 //! `Execution` for proxy mode: actions that name a container image are rewritten
 //! (see `action::rewriter`) and the rewritten action is forwarded; all others pass
 //! through untouched. Operations are relayed as they arrive, mapped back to the client's
-//! action (see `action::results`).
+//! action (see `action::results`), and named `{instance_name}/operations/{scheduler's
+//! name}` so that WaitExecution finds the instance again (see `operation_names`).
 //!
 //! While an image is being expanded (a cold pull can take minutes), the client's stream
 //! is kept alive with an operation update every `keepalive_interval` (stage
@@ -20,6 +21,7 @@
 //! second attempt next.
 
 use super::execution_proxy::{grpc_timeout, ExecutionProxy, OperationStream};
+use super::operation_names;
 use crate::action::results::ResultMapper;
 use crate::action::{ActionRewriter, Rewrite, RewrittenAction};
 use crate::blobstore::Instance;
@@ -35,6 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
+
+/// How the scheduler's part of a keepalive operation's name starts.
+const KEEPALIVE_PREFIX: &str = "bb-container-expander/expanding/";
 
 #[derive(Clone)]
 pub struct ExpandingExecution {
@@ -88,9 +93,12 @@ impl ExpandingExecution {
     ) -> Option<Result<Rewrite, Status>> {
         let rewrite = self.rewriter.rewrite_digest(instance, action_digest);
         tokio::pin!(rewrite);
-        let name = format!(
-            "bb-container-expander/expanding/{}",
-            crate::blobstore::grpc_content_addressable_storage::new_upload_uuid()
+        let name = operation_names::external(
+            &instance.name,
+            &format!(
+                "{KEEPALIVE_PREFIX}{}",
+                crate::blobstore::grpc_content_addressable_storage::new_upload_uuid()
+            ),
         );
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + self.keepalive_interval,
@@ -108,18 +116,23 @@ impl ExpandingExecution {
         }
     }
 
+    /// Forwards the rewritten action while its mapping is recorded (bookkeeping that
+    /// cannot fail the action, so it runs beside the forwarding, not before it).
     async fn forward_rewritten(
         &self,
         request: &ExecuteRequest,
         rewritten: &RewrittenAction,
         timeout: Option<Duration>,
     ) -> Result<OperationStream, Status> {
-        self.results.record(&rewritten.provenance).await?;
         let forwarded = ExecuteRequest {
             action_digest: Some(rewritten.action_digest.clone()),
             ..request.clone()
         };
-        self.forward(forwarded, timeout).await
+        let ((), stream) = tokio::join!(
+            self.results.record(&rewritten.provenance),
+            self.forward(forwarded, timeout)
+        );
+        stream
     }
 
     /// Forwards an ExecuteRequest, timing the step until the scheduler accepted it.
@@ -134,12 +147,13 @@ impl ExpandingExecution {
         result
     }
 
-    /// Relays `stream` into `sender`, mapping operations back when `provenance` is set.
-    /// With `retry_on_missing_blobs`, a final operation (or an error) reporting blobs
-    /// missing is not relayed but returned.
+    /// Relays `stream` into `sender`, naming each operation for `instance_name` and
+    /// mapping it back when `provenance` is set. With `retry_on_missing_blobs`, a final
+    /// operation (or an error) reporting blobs missing is not relayed but returned.
     async fn relay(
         &self,
         mut stream: OperationStream,
+        instance_name: &str,
         provenance: Option<Arc<crate::proto::cache::ExpansionProvenance>>,
         retry_on_missing_blobs: bool,
         sender: &mpsc::Sender<Result<Operation, Status>>,
@@ -153,7 +167,11 @@ impl ExpandingExecution {
             let item = match (item, &provenance) {
                 (Ok(op), Some(p)) => Ok(self.results.map_operation(op, p).await),
                 (other, _) => other,
-            };
+            }
+            .map(|mut op| {
+                op.name = operation_names::external(instance_name, &op.name);
+                op
+            });
             if sender.send(item).await.is_err() {
                 // The client went away: dropping `stream` cancels the upstream call.
                 return Relayed::Done;
@@ -173,6 +191,7 @@ impl ExpandingExecution {
                 .action_digest
                 .clone()
                 .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
+            operation_names::validate_instance_name(&request.instance_name)?;
             let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
             let instance = Instance::new(request.instance_name.clone(), function);
             let mut retried = false;
@@ -184,7 +203,7 @@ impl ExpandingExecution {
                     Rewrite::PassThrough => {
                         crate::image::metrics::action("execute", "passed_through");
                         let stream = self.forward(request.clone(), timeout).await?;
-                        self.relay(stream, None, false, &sender).await;
+                        self.relay(stream, &instance.name, None, false, &sender).await;
                         return Ok(());
                     }
                     Rewrite::Rewritten(rewritten) => {
@@ -192,7 +211,7 @@ impl ExpandingExecution {
                         let missing = match self.forward_rewritten(&request, &rewritten, timeout).await {
                             Ok(stream) => {
                                 let provenance = Some(Arc::new(rewritten.provenance));
-                                match self.relay(stream, provenance, !retried, &sender).await {
+                                match self.relay(stream, &instance.name, provenance, !retried, &sender).await {
                                     Relayed::Done => return Ok(()),
                                     Relayed::MissingBlobs(message) => message,
                                 }
@@ -290,31 +309,43 @@ impl Execution for ExpandingExecution {
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<Self::WaitExecutionStream>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let request = request.into_inner();
-        if request.name.starts_with("bb-container-expander/expanding/") {
+        let name = request.into_inner().name;
+        let (instance_name, upstream) = operation_names::parse(&name);
+        if upstream.starts_with(KEEPALIVE_PREFIX) {
             return Err(Status::not_found(format!(
-                "Operation {} was an image expansion that is no longer running; call Execute again",
-                request.name
+                "Operation {name} was an image expansion that is no longer running; call Execute again"
             )));
         }
+        let instance_name = instance_name.to_string();
         let stream = self
             .upstream
-            .forward_wait_execution(request, timeout)
+            .forward_wait_execution(
+                WaitExecutionRequest {
+                    name: upstream.to_string(),
+                },
+                timeout,
+            )
             .await?;
         let results = self.results.clone();
         // Each operation names the rewritten action; map it back when it is one of ours.
         let mapped = stream.then(move |item| {
             let results = results.clone();
+            let instance_name = instance_name.clone();
             async move {
-                let op = item?;
+                let mut op = item?;
+                op.name = operation_names::external(&instance_name, &op.name);
                 let Some(digest) = ResultMapper::action_digest_of(&op) else {
                     return Ok(op);
                 };
-                match results.lookup(&digest).await {
+                match results.lookup(&instance_name, &digest).await {
                     Ok(Some(provenance)) => Ok(results.map_operation(op, &provenance).await),
                     Ok(None) => Ok(op),
                     Err(s) => {
-                        tracing::warn!("Failed to look up rewritten action: {}", s.message());
+                        tracing::warn!(
+                            "Failed to look up rewritten action {} of instance {instance_name:?}: {}",
+                            crate::digest::display(&digest),
+                            s.message()
+                        );
                         Ok(op)
                     }
                 }

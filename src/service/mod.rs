@@ -6,6 +6,7 @@ pub mod action_router;
 pub mod capabilities_proxy;
 pub mod execution_proxy;
 pub mod expanding_execution;
+pub mod operation_names;
 pub mod upstream_status;
 
 pub use action_router::ExpandingActionRouter;

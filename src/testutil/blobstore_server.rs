@@ -6,7 +6,9 @@
 //! end-to-end flows. Requests are decoded as a REAPI server would: the instance name and
 //! digest function of each request reach the stores (the function is inferred from the
 //! hash length when a request leaves it unset), digests are validated, and ByteStream
-//! resource names are parsed with or without the `{digest_function/}` segment. Every
+//! resource names are parsed with or without the `{digest_function/}` segment. Like a
+//! real server, it serves a fixed set of instance names (only `""` unless the builder
+//! says otherwise) and refuses any other with INVALID_ARGUMENT. Every
 //! call is recorded so tests can assert which RPCs were used, and errors can be injected
 //! per method. Further services (say a fake `Execution`) can share the port through
 //! [`BlobstoreServerBuilder::with_routes`].
@@ -56,6 +58,7 @@ struct State {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     maximum_received_message_size_bytes: usize,
+    instance_names: HashSet<String>,
     calls: Mutex<Vec<RecordedCall>>,
     injected_errors: Mutex<HashMap<String, VecDeque<Status>>>,
 }
@@ -84,6 +87,24 @@ impl State {
         }
     }
 
+    /// Refuses instance names the server does not serve, as a real one does.
+    fn check_instance_name(&self, instance_name: &str) -> Result<(), Status> {
+        if self.instance_names.contains(instance_name) {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "Invalid instance name: {instance_name:?} (this server serves {:?})",
+                self.served_instance_names()
+            )))
+        }
+    }
+
+    fn served_instance_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.instance_names.iter().map(String::as_str).collect();
+        names.sort();
+        names
+    }
+
     /// Resolves the instance of a request, records the call and validates `digests`.
     fn begin(
         &self,
@@ -108,6 +129,7 @@ impl State {
             }
         };
         self.record(method, instance_name, Some(function))?;
+        self.check_instance_name(instance_name)?;
         for digest in digests {
             function.validate(digest)?;
         }
@@ -128,6 +150,7 @@ pub struct BlobstoreServerBuilder {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     maximum_received_message_size_bytes: usize,
+    instance_names: HashSet<String>,
     routes: Routes,
 }
 
@@ -137,6 +160,13 @@ impl BlobstoreServerBuilder {
     /// grpc-go and thus of a bb_storage without `maximumReceivedMessageSizeBytes`.
     pub fn maximum_received_message_size_bytes(mut self, bytes: usize) -> Self {
         self.maximum_received_message_size_bytes = bytes;
+        self
+    }
+
+    /// The instance names served (replacing the default, which is only `""`); requests
+    /// for any other are refused with INVALID_ARGUMENT.
+    pub fn instance_names<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        self.instance_names = names.into_iter().map(str::to_string).collect();
         self
     }
 
@@ -153,6 +183,7 @@ impl BlobstoreServerBuilder {
             cas: self.cas,
             ac: self.ac,
             maximum_received_message_size_bytes: limit,
+            instance_names: self.instance_names,
             calls: Mutex::new(Vec::new()),
             injected_errors: Mutex::new(HashMap::new()),
         });
@@ -209,12 +240,19 @@ impl BlobstoreServer {
         Self::builder(cas, ac).start().await
     }
 
-    /// A server over fresh in-memory stores of 1 GiB each.
+    /// A server over fresh in-memory stores of 1 GiB each, serving the instance name `""`.
     pub async fn start_in_memory() -> BlobstoreServer {
-        Self::start(
+        Self::start_in_memory_serving(&[""]).await
+    }
+
+    /// A server over fresh in-memory stores of 1 GiB each, serving `instance_names`.
+    pub async fn start_in_memory_serving(instance_names: &[&str]) -> BlobstoreServer {
+        Self::builder(
             Arc::new(MemoryContentAddressableStorage::new(1 << 30)),
             Arc::new(MemoryActionCache::new(1 << 30)),
         )
+        .instance_names(instance_names.iter().copied())
+        .start()
         .await
     }
 
@@ -226,6 +264,7 @@ impl BlobstoreServer {
             cas,
             ac,
             maximum_received_message_size_bytes: 4 << 20,
+            instance_names: HashSet::from([String::new()]),
             routes: Routes::default(),
         }
     }
@@ -573,8 +612,9 @@ impl reapi::capabilities_server::Capabilities for Handler {
         &self,
         request: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
-        self.0
-            .record("GetCapabilities", &request.get_ref().instance_name, None)?;
+        let instance_name = &request.get_ref().instance_name;
+        self.0.record("GetCapabilities", instance_name, None)?;
+        self.0.check_instance_name(instance_name)?;
         let version = |minor| bazel_remote_apis::build::bazel::semver::SemVer {
             major: 2,
             minor,
@@ -699,6 +739,7 @@ impl Handler {
             Ok((instance, digest)) => {
                 self.0
                     .record(method, &instance.name, Some(instance.digest_function))?;
+                self.0.check_instance_name(&instance.name)?;
                 Ok((instance, digest))
             }
             Err(e) => {
@@ -893,7 +934,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_batches_and_counts_calls() {
-        let server = BlobstoreServer::start_in_memory().await;
+        let server = BlobstoreServer::start_in_memory_serving(&["i"]).await;
         let mut client = ContentAddressableStorageClient::new(server.channel());
         let d = sha256(b"hello");
         let response = client
@@ -947,6 +988,68 @@ mod tests {
         );
         server.reset_calls();
         assert_eq!(server.calls("FindMissingBlobs"), 0);
+    }
+
+    #[tokio::test]
+    async fn refuses_instance_names_it_does_not_serve_on_every_service() {
+        let server = BlobstoreServer::start_in_memory_serving(&["main", "a/b"]).await;
+        let d = sha256(b"hello");
+        for instance_name in ["", "other", "main/x", "a"] {
+            let mut cas = ContentAddressableStorageClient::new(server.channel());
+            let err = cas
+                .find_missing_blobs(reapi::FindMissingBlobsRequest {
+                    instance_name: instance_name.into(),
+                    blob_digests: vec![d.clone()],
+                    digest_function: 0,
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{instance_name:?}");
+            assert!(
+                err.message().starts_with("Invalid instance name"),
+                "{}",
+                err.message()
+            );
+            let err =
+                crate::proto::reapi::action_cache_client::ActionCacheClient::new(server.channel())
+                    .get_action_result(reapi::GetActionResultRequest {
+                        instance_name: instance_name.into(),
+                        action_digest: Some(d.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{instance_name:?}");
+            let prefix = if instance_name.is_empty() {
+                String::new()
+            } else {
+                format!("{instance_name}/")
+            };
+            let read = ByteStreamClient::new(server.channel())
+                .read(ReadRequest {
+                    resource_name: format!("{prefix}blobs/{}/{}", d.hash, d.size_bytes),
+                    ..Default::default()
+                })
+                .await;
+            let err = match read {
+                Err(err) => err,
+                Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+            };
+            assert_eq!(err.code(), Code::InvalidArgument, "{instance_name:?}");
+        }
+        for instance_name in ["main", "a/b"] {
+            let mut cas = ContentAddressableStorageClient::new(server.channel());
+            let missing = cas
+                .find_missing_blobs(reapi::FindMissingBlobsRequest {
+                    instance_name: instance_name.into(),
+                    blob_digests: vec![d.clone()],
+                    digest_function: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(missing.missing_blob_digests, vec![d.clone()]);
+        }
     }
 
     #[tokio::test]
@@ -1108,6 +1211,7 @@ mod tests {
             Arc::new(MemoryActionCache::new(1 << 20)),
         )
         .maximum_received_message_size_bytes(1 << 20)
+        .instance_names(["x"])
         .start()
         .await;
         let capabilities = CapabilitiesClient::new(server.channel())

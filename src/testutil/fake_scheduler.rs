@@ -1,6 +1,9 @@
 //! An in-process stand-in for bb_scheduler: serves `Execution` and `Capabilities` on a
 //! loopback port, records what it receives (requests and their metadata), answers
 //! Execute with a scripted series of operations, and notices when a caller cancels.
+//! Like a real scheduler it serves a fixed set of instance names ([`Script::instance_names`],
+//! only `""` by default): Execute and GetCapabilities for any other fail with
+//! INVALID_ARGUMENT.
 
 use crate::proto::longrunning::Operation;
 use crate::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
@@ -36,6 +39,8 @@ pub struct Script {
     pub interval: Duration,
     /// Keep the stream open after the last operation (until the caller goes away).
     pub hold_open: bool,
+    /// The instance names served.
+    pub instance_names: Vec<String>,
 }
 
 impl Default for Script {
@@ -50,6 +55,7 @@ impl Default for Script {
                 .collect(),
             interval: Duration::from_millis(10),
             hold_open: false,
+            instance_names: vec![String::new()],
         }
     }
 }
@@ -63,6 +69,17 @@ struct Fake {
 }
 
 impl Fake {
+    fn check_instance_name(&self, instance_name: &str) -> Result<(), Status> {
+        let served = self.script.lock().instance_names.clone();
+        if served.iter().any(|name| name == instance_name) {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!(
+                "Invalid instance name: {instance_name:?} (this scheduler serves {served:?})"
+            )))
+        }
+    }
+
     fn stream(&self) -> BoxStream<'static, Result<Operation, Status>> {
         let script = self.script.lock().clone();
         let (tx, rx) = mpsc::channel(1);
@@ -102,10 +119,13 @@ impl Execution for Fake {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<Self::ExecuteStream>, Status> {
         let headers = request.metadata().clone().into_headers();
+        let request = request.into_inner();
+        let instance_name = request.instance_name.clone();
         self.record(|l| {
             l.metadata.push(headers);
-            l.execute_requests.push(request.into_inner());
+            l.execute_requests.push(request);
         });
+        self.check_instance_name(&instance_name)?;
         Ok(Response::new(self.stream()))
     }
 
@@ -130,6 +150,7 @@ impl Capabilities for Fake {
     ) -> Result<Response<ServerCapabilities>, Status> {
         let headers = request.metadata().clone().into_headers();
         self.record(|l| l.metadata.push(headers));
+        self.check_instance_name(&request.get_ref().instance_name)?;
         Ok(Response::new(self.capabilities.clone()))
     }
 }

@@ -16,6 +16,10 @@
 //! 5. on success (exit code 0, `do_not_cache` false) writes the ActionResult to the
 //!    Action Cache under the digest it received, as bb_worker does.
 //!
+//! Like a real scheduler it serves a fixed set of instance names (only `""` unless
+//! started with [`FakeWorker::start_serving`]); Execute for any other fails with
+//! INVALID_ARGUMENT before anything is read.
+//!
 //! Completed operations stay known by name, so `WaitExecution` returns their final
 //! operation (an unknown name is NOT_FOUND, as for bb_scheduler).
 //!
@@ -148,6 +152,8 @@ pub struct WorkerBehaviour {
 struct Worker {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Option<Arc<dyn ActionCache>>,
+    /// The instance names served.
+    instance_names: Arc<Vec<String>>,
     log: Arc<Mutex<FakeWorkerLog>>,
     behaviour: Arc<Mutex<WorkerBehaviour>>,
     /// Final operations by name, for WaitExecution.
@@ -284,6 +290,12 @@ impl Worker {
             .action_digest
             .clone()
             .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
+        if !self.instance_names.contains(&request.instance_name) {
+            return Err(Status::invalid_argument(format!(
+                "Invalid instance name: {:?} (this scheduler serves {:?})",
+                request.instance_name, self.instance_names
+            )));
+        }
         let function = DigestFunction::from_request(request.digest_function, &digest.hash)?;
         let instance = Instance::new(request.instance_name.clone(), function);
         let behaviour = {
@@ -476,13 +488,24 @@ pub struct FakeWorker {
 impl FakeWorker {
     /// Starts serving on 127.0.0.1; blobs are read from `cas`, successful results
     /// written to `ac` (if any).
+    /// Serves only the instance name `""`.
     pub async fn start(
         cas: Arc<dyn ContentAddressableStorage>,
         ac: Option<Arc<dyn ActionCache>>,
     ) -> Self {
+        Self::start_serving(cas, ac, &[""]).await
+    }
+
+    /// Like [`FakeWorker::start`], serving `instance_names` only.
+    pub async fn start_serving(
+        cas: Arc<dyn ContentAddressableStorage>,
+        ac: Option<Arc<dyn ActionCache>>,
+        instance_names: &[&str],
+    ) -> Self {
         let worker = Worker {
             cas,
             ac,
+            instance_names: Arc::new(instance_names.iter().map(|s| s.to_string()).collect()),
             log: Default::default(),
             behaviour: Default::default(),
             completed: Default::default(),

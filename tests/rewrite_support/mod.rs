@@ -42,8 +42,13 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// Instance name of the client's requests.
+/// Instance name of the client's requests, unless a test starts its cluster with
+/// [`Cluster::start_serving`].
 pub const INSTANCE: &str = "main";
+
+/// Instance names the Execute tests run with: the empty one, a plain one, and one with
+/// several path segments.
+pub const INSTANCE_NAMES: &[&str] = &["", "main", "a/b"];
 
 /// Generous bound for anything a test waits for.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -60,8 +65,11 @@ fn free_port() -> u16 {
     crate::support::free_port()
 }
 
-/// Registry, storage and the fake scheduler + worker.
+/// Registry, storage and the fake scheduler + worker. Storage and scheduler serve one
+/// instance name, [`Cluster::instance`], and refuse every other, as real servers do.
 pub struct Cluster {
+    /// The one instance name served, and used by the client's requests.
+    pub instance: String,
     pub registry: RegistryServer,
     pub memory_cas: Arc<MemoryContentAddressableStorage>,
     pub storage: BlobstoreServer,
@@ -79,15 +87,26 @@ pub struct ExpanderSettings {
 }
 
 impl Cluster {
+    /// A cluster serving [`INSTANCE`].
     pub async fn start() -> Self {
+        Self::start_serving(INSTANCE).await
+    }
+
+    /// A cluster whose storage and scheduler serve `instance_name` only.
+    pub async fn start_serving(instance_name: &str) -> Self {
         let registry = tokio::task::spawn_blocking(RegistryServer::start)
             .await
             .expect("registry start-up");
         let memory_cas = Arc::new(MemoryContentAddressableStorage::new(1 << 30));
         let ac: Arc<dyn ActionCache> = Arc::new(MemoryActionCache::new(1 << 30));
-        let storage = BlobstoreServer::start(memory_cas.clone(), ac.clone()).await;
-        let worker = FakeWorker::start(memory_cas.clone(), Some(ac)).await;
+        let storage = BlobstoreServer::builder(memory_cas.clone(), ac.clone())
+            .instance_names([instance_name])
+            .start()
+            .await;
+        let worker =
+            FakeWorker::start_serving(memory_cas.clone(), Some(ac), &[instance_name]).await;
         Self {
+            instance: instance_name.to_string(),
             registry,
             memory_cas,
             storage,
@@ -199,7 +218,7 @@ impl Cluster {
 
     /// Uploads the client's Command, input root and Action.
     pub async fn store(&self, action: &ClientAction) -> StoredAction {
-        action.store(&*self.cas()).await
+        action.store_in(&*self.cas(), &self.instance).await
     }
 
     /// GetActionResult through the storage server, as a client would call it.
@@ -214,7 +233,7 @@ impl Cluster {
             .unwrap();
         reapi::action_cache_client::ActionCacheClient::new(channel)
             .get_action_result(reapi::GetActionResultRequest {
-                instance_name: INSTANCE.into(),
+                instance_name: self.instance.clone(),
                 action_digest: Some(digest.clone()),
                 ..Default::default()
             })
@@ -356,8 +375,10 @@ async fn collect(result: Result<tonic::Response<tonic::Streaming<Operation>>, St
     outcome
 }
 
+/// Whether `op` is a keepalive sent during expansion: its name is
+/// `{instance}/operations/bb-container-expander/expanding/{uuid}`.
 pub fn is_keepalive(op: &Operation) -> bool {
-    op.name.starts_with(KEEPALIVE_PREFIX)
+    op.name.contains(&format!("/operations/{KEEPALIVE_PREFIX}"))
 }
 
 pub fn operation_metadata(op: &Operation) -> reapi::ExecuteOperationMetadata {
@@ -658,9 +679,18 @@ impl ClientAction {
         }
     }
 
-    /// Uploads every blob and returns what was stored.
+    /// Uploads every blob under [`INSTANCE`] and returns what was stored.
     pub async fn store(&self, cas: &dyn ContentAddressableStorage) -> StoredAction {
-        let instance = instance();
+        self.store_in(cas, INSTANCE).await
+    }
+
+    /// Uploads every blob under `instance_name` and returns what was stored.
+    pub async fn store_in(
+        &self,
+        cas: &dyn ContentAddressableStorage,
+        instance_name: &str,
+    ) -> StoredAction {
+        let instance = Instance::new(instance_name, DigestFunction::Sha256);
         let command = self.command();
         let (command_digest, command_bytes) = encode_message(DigestFunction::Sha256, &command);
         let inputs = self.inputs.encode();
@@ -683,6 +713,7 @@ impl ClientAction {
             cas.put(&instance, &d, bytes).await.unwrap();
         }
         StoredAction {
+            instance_name: instance_name.to_string(),
             digest,
             action,
             command,
@@ -701,6 +732,8 @@ fn prost_types_duration(d: Duration) -> bb_container_expander::proto::protobuf::
 
 /// What [`ClientAction::store`] uploaded.
 pub struct StoredAction {
+    /// The instance name it was stored under, which its ExecuteRequest names.
+    pub instance_name: String,
     pub digest: reapi::Digest,
     pub action: reapi::Action,
     pub command: reapi::Command,
@@ -712,7 +745,7 @@ impl StoredAction {
     /// The ExecuteRequest a client sends for this action.
     pub fn request(&self) -> reapi::ExecuteRequest {
         reapi::ExecuteRequest {
-            instance_name: INSTANCE.into(),
+            instance_name: self.instance_name.clone(),
             action_digest: Some(self.digest.clone()),
             skip_cache_lookup: true,
             execution_policy: Some(reapi::ExecutionPolicy { priority: 7 }),
