@@ -18,11 +18,10 @@ use crate::config::ApplicationConfiguration;
 use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
-use crate::image::{DirectoryCache, ImageExpander};
+use crate::image::{new_image_expander_from_configuration, DirectoryCache};
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
-use crate::registry::OciRegistry;
 use crate::service::{
     CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution,
 };
@@ -52,14 +51,12 @@ impl Program {
         let ac = new_action_cache_from_configuration(&config.blobstore.action_cache)
             .map_err(|e| format!("Failed to create Action Cache: {e}"))?;
         let images = &config.container_images;
-        let registry = OciRegistry::new(images.registry_configuration())
-            .map_err(|s| format!("Failed to create registry client: {}", s.message()))?;
-        let expander = ImageExpander::new(
-            Arc::new(registry),
+        let expander = new_image_expander_from_configuration(
+            images,
             cas.clone(),
             ac.clone(),
-            images.expander_options(maximum_message_size),
-        );
+            maximum_message_size,
+        )?;
         let directories =
             DirectoryCache::new(images.directory_cache_size_bytes.unwrap_or(256 << 20));
         let rewriter = Arc::new(ActionRewriter::new(

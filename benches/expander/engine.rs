@@ -11,7 +11,7 @@ use bb_container_expander::blobstore::{
     MemoryActionCache, MemoryContentAddressableStorage,
 };
 use bb_container_expander::digest::DigestFunction;
-use bb_container_expander::image::{ExpanderOptions, ImageExpander};
+use bb_container_expander::image::{new_image_expander, ExpanderOptions};
 use bb_container_expander::registry::configuration::RegistryConfiguration;
 use bb_container_expander::registry::{OciRegistry, Platform};
 use std::process::{Command, Stdio};
@@ -261,7 +261,7 @@ pub async fn warm_expand(table: &mut Table, image: &Pushed, registry_log: impl F
     let ac: Arc<dyn ActionCache> = Arc::new(MemoryActionCache::new(1 << 30));
     let instance = Instance::new("", DigestFunction::Sha256);
     let platform = Platform::new("linux", "amd64", "");
-    let cold = ImageExpander::new(
+    let cold = new_image_expander(
         registry(),
         cas.clone(),
         ac.clone(),
@@ -282,7 +282,7 @@ pub async fn warm_expand(table: &mut Table, image: &Pushed, registry_log: impl F
     let mut times = Vec::new();
     for _ in 0..15 {
         // A new process's state: new registry client, new expander, empty local caches.
-        let warm = ImageExpander::new(
+        let warm = new_image_expander(
             registry(),
             cas.clone(),
             ac.clone(),
@@ -389,7 +389,7 @@ pub fn child_ingest(reference: &str) {
     let started = Instant::now();
     let cas = Arc::new(DiscardingContentAddressableStorage::new());
     let result = runtime.block_on(async {
-        let expander = ImageExpander::new(
+        let expander = new_image_expander(
             registry(),
             cas.clone(),
             Arc::new(MemoryActionCache::new(64 << 20)),

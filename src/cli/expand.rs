@@ -19,8 +19,8 @@ use crate::blobstore::{
 use crate::config::blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES;
 use crate::config::container_images::ContainerImagesConfiguration;
 use crate::digest::DigestFunction;
-use crate::image::{ExpandedImage, ImageExpander};
-use crate::registry::{OciRegistry, Platform};
+use crate::image::{new_image_expander_from_configuration, ExpandedImage};
+use crate::registry::Platform;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,14 +118,12 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
         Some(p) => parse_platform(p)?,
         None => images_config.default_platform.clone(),
     };
-    let registry = OciRegistry::new(images_config.registry_configuration())
-        .map_err(|s| s.message().to_string())?;
-    let expander = ImageExpander::new(
-        Arc::new(registry),
+    let expander = new_image_expander_from_configuration(
+        &images_config,
         cas.clone(),
         ac,
-        images_config.expander_options(maximum_message_size),
-    );
+        maximum_message_size,
+    )?;
     let instance = Instance::new(args.instance_name.clone(), DigestFunction::Sha256);
     let mut all_ok = true;
     for image in &args.images {

@@ -1,18 +1,46 @@
 //! Image references → canonical image trees in the CAS (ADR #8 steps 1-3), with every
-//! step cached in the Action Cache under fake actions:
+//! step cached in the Action Cache under fake actions.
 //!
-//! - `fake_action.rs`: the Action Cache as a key-value store ([`FakeAction`], records);
-//! - `directory_cache.rs`: decoded Directories by digest, in front of the CAS;
-//! - `single_flight.rs`: in-flight deduplication of expansions and layer ingestions;
-//! - `expander.rs`: [`ImageExpander`], the whole pipeline with its caches;
-//! - `metrics.rs`: cache and step metrics.
+//! The engine is a chain of stages, each a tower `Service` (`stage.rs`): the image
+//! source (`image_source.rs`), the layer chain source (`chain_source.rs`) and the layer
+//! source (`layer_source.rs`). Each has a plain implementation that does the work:
+//!
+//! - `registry_image_source.rs`: metadata from the registry, then the layer chain;
+//! - `tree_builder.rs`: changesets applied in order, encoded and uploaded;
+//! - `registry_layer_source.rs`: a layer downloaded and ingested.
+//!
+//! One decorator per concern wraps any stage:
+//!
+//! - `action_caching_source.rs`: records in the Action Cache (`fake_action.rs`);
+//! - `completeness_checking_source.rs`: cached records used only when complete;
+//! - `deduplicating_source.rs`: one call per answer in flight (`single_flight.rs`);
+//! - `metrics_source.rs`: cache hits and misses (`metrics.rs`).
+//!
+//! `configuration.rs` stacks them; `expander.rs` is the façade ([`ImageExpander`]) that
+//! parses references and resolves tags (`tag_resolver.rs`) in front of the image source.
+//! `directory_cache.rs` keeps decoded Directories in front of the CAS for the rewriter.
 
+pub mod action_caching_source;
+pub mod chain_source;
+pub mod completeness_checking_source;
+pub mod configuration;
+pub mod deduplicating_source;
 pub mod directory_cache;
 pub mod expander;
 pub mod fake_action;
+pub mod image_source;
+pub mod layer_source;
 pub mod metrics;
+pub mod metrics_source;
+pub mod registry_image_source;
+pub mod registry_layer_source;
 pub mod single_flight;
+pub mod stage;
+pub mod tag_resolver;
+pub mod tree_builder;
 
+pub use configuration::{new_image_expander, new_image_expander_from_configuration};
 pub use directory_cache::{CachingDirectorySource, DirectoryCache};
-pub use expander::{ExpandedImage, ExpanderOptions, ImageExpander, StepTimings};
+pub use expander::{ExpandedImage, ExpanderOptions, ImageExpander};
 pub use fake_action::{FakeAction, Step};
+pub use image_source::StepTimings;

@@ -24,7 +24,9 @@ use bb_container_expander::blobstore::{
     MemoryContentAddressableStorage,
 };
 use bb_container_expander::digest::DigestFunction;
-use bb_container_expander::image::{ExpandedImage, ExpanderOptions, ImageExpander};
+use bb_container_expander::image::{
+    new_image_expander, ExpandedImage, ExpanderOptions, ImageExpander,
+};
 use bb_container_expander::proto::reapi;
 use bb_container_expander::registry::{OciRegistry, Platform, Registry, RegistryConfiguration};
 use serde_json::{json, Value};
@@ -401,7 +403,7 @@ impl Env {
         registry: Arc<dyn Registry>,
         options: ExpanderOptions,
     ) -> Arc<ImageExpander> {
-        ImageExpander::new(registry, self.cas.clone(), self.ac.clone(), options)
+        new_image_expander(registry, self.cas.clone(), self.ac.clone(), options)
     }
 
     pub async fn expand(

@@ -1,0 +1,132 @@
+//! The one place where the image engine is assembled: each stage is its plain source
+//! with the decorators of `containerImages` stacked on it, read top to bottom (the
+//! outermost first). The service, the `expand` command, the benchmarks and the tests all
+//! build their [`ImageExpander`] here.
+
+use super::action_caching_source::ActionCachingLayer;
+use super::chain_source::ChainSource;
+use super::completeness_checking_source::{CheckedRecords, CompletenessCheckingLayer};
+use super::deduplicating_source::DeduplicatingLayer;
+use super::expander::{ExpanderOptions, ExpanderParts, ImageExpander};
+use super::image_source::ImageSource;
+use super::layer_source::LayerSource;
+use super::metrics_source::MetricsLayer;
+use super::registry_image_source::RegistryImageSource;
+use super::registry_layer_source::RegistryLayerSource;
+use super::tag_resolver::TagResolver;
+use super::tree_builder::TreeBuilder;
+use crate::blobstore::{ActionCache, ContentAddressableStorage};
+use crate::config::container_images::ContainerImagesConfiguration;
+use crate::layer::LayerIngester;
+use crate::proto::cache::ImageRecord;
+use crate::registry::{OciRegistry, Registry};
+use std::sync::Arc;
+use tower::ServiceBuilder;
+
+/// The expander of `containerImages`, over the given stores, contacting registries as
+/// configured.
+pub fn new_image_expander_from_configuration(
+    configuration: &ContainerImagesConfiguration,
+    cas: Arc<dyn ContentAddressableStorage>,
+    ac: Arc<dyn ActionCache>,
+    maximum_message_size_bytes: usize,
+) -> Result<Arc<ImageExpander>, String> {
+    let registry = OciRegistry::new(configuration.registry_configuration())
+        .map_err(|s| format!("Failed to create registry client: {}", s.message()))?;
+    let options = configuration.expander_options(maximum_message_size_bytes);
+    Ok(new_image_expander(Arc::new(registry), cas, ac, options))
+}
+
+/// An expander over `registry` and the given stores.
+pub fn new_image_expander(
+    registry: Arc<dyn Registry>,
+    cas: Arc<dyn ContentAddressableStorage>,
+    ac: Arc<dyn ActionCache>,
+    options: ExpanderOptions,
+) -> Arc<ImageExpander> {
+    let checked = CheckedRecords::new(options.completeness_check_interval);
+    let layers = new_layer_source(&registry, &cas, &ac, &options);
+    let chains = new_chain_source(&cas, &ac, &checked, layers, &options);
+    let images = new_image_source(&registry, &cas, &ac, &checked, chains, &options);
+    let tags = TagResolver::new(registry.clone(), cas.clone(), ac.clone(), options.tag_ttl);
+    ImageExpander::from_parts(ExpanderParts {
+        registry,
+        cas,
+        ac,
+        options,
+        tags,
+        images,
+        checked,
+    })
+}
+
+/// Pinned image and platform → tree: one expansion per image at a time, recorded under
+/// `expand-image`, trusted for the completeness check interval.
+fn new_image_source(
+    registry: &Arc<dyn Registry>,
+    cas: &Arc<dyn ContentAddressableStorage>,
+    ac: &Arc<dyn ActionCache>,
+    checked: &Arc<CheckedRecords<ImageRecord>>,
+    chains: ChainSource,
+    options: &ExpanderOptions,
+) -> ImageSource {
+    ImageSource::new(
+        ServiceBuilder::new()
+            .layer(DeduplicatingLayer::new())
+            .layer(MetricsLayer::new("image"))
+            .layer(CompletenessCheckingLayer::new(cas.clone()).remembering(checked.clone()))
+            .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
+            .service(RegistryImageSource::new(
+                registry.clone(),
+                chains,
+                options.maximum_image_size_bytes,
+                options.maximum_message_size_bytes,
+            )),
+    )
+}
+
+/// Layers in order → tree, recorded under `apply-layers`, trusted for the completeness
+/// check interval. Runs within an image's expansion, which is deduplicated already.
+fn new_chain_source(
+    cas: &Arc<dyn ContentAddressableStorage>,
+    ac: &Arc<dyn ActionCache>,
+    checked: &Arc<CheckedRecords<ImageRecord>>,
+    layers: LayerSource,
+    options: &ExpanderOptions,
+) -> ChainSource {
+    ChainSource::new(
+        ServiceBuilder::new()
+            .layer(MetricsLayer::new("chain"))
+            .layer(CompletenessCheckingLayer::new(cas.clone()).remembering(checked.clone()))
+            .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
+            .service(TreeBuilder::new(
+                cas.clone(),
+                layers,
+                options.maximum_message_size_bytes,
+            )),
+    )
+}
+
+/// Layer → changeset: one ingestion per layer at a time, recorded under `ingest-layer`,
+/// checked for completeness on every use (changesets are not kept in memory).
+fn new_layer_source(
+    registry: &Arc<dyn Registry>,
+    cas: &Arc<dyn ContentAddressableStorage>,
+    ac: &Arc<dyn ActionCache>,
+    options: &ExpanderOptions,
+) -> LayerSource {
+    let ingester = Arc::new(LayerIngester::new(cas.clone(), options.ingest.clone()));
+    LayerSource::new(
+        ServiceBuilder::new()
+            .layer(DeduplicatingLayer::new())
+            .layer(MetricsLayer::new("layer"))
+            .layer(CompletenessCheckingLayer::new(cas.clone()))
+            .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
+            .service(RegistryLayerSource::new(
+                registry.clone(),
+                ingester,
+                options.maximum_concurrent_layer_ingests,
+                options.layer_retries,
+            )),
+    )
+}

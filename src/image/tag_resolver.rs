@@ -1,0 +1,155 @@
+//! Tags → the digest they name now, cached fleet-wide for `tag_ttl` under the
+//! `resolve-tag` fake action and in this process. A tag resolved at the registry is kept
+//! in this process at once (concurrent callers share one registry request), but recorded
+//! in the Action Cache only by [`TagResolver::record`], which the caller invokes once the
+//! image the tag names expanded: a tag whose image cannot be expanded leaves no record.
+//! [`TagResolver::forget`] drops this process's resolution after such a failure, so that
+//! a tag fixed at the registry is seen at once.
+
+use super::fake_action::{put_blob, read_record, write_record, FakeAction, Step};
+use super::metrics;
+use super::single_flight::SingleFlight;
+use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
+use crate::registry::{Reference, Registry};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Code, Status};
+
+type Key = (Instance, Reference);
+
+/// Resolves tags through this process's cache, the Action Cache and the registry.
+pub struct TagResolver {
+    registry: Arc<dyn Registry>,
+    cas: Arc<dyn ContentAddressableStorage>,
+    ac: Arc<dyn ActionCache>,
+    ttl: Duration,
+    local: Arc<Mutex<HashMap<Key, (String, Instant)>>>,
+    flights: SingleFlight<Key, String>,
+}
+
+impl TagResolver {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        cas: Arc<dyn ContentAddressableStorage>,
+        ac: Arc<dyn ActionCache>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            cas,
+            ac,
+            ttl,
+            local: Default::default(),
+            flights: Default::default(),
+        }
+    }
+
+    /// The digest `reference` names now: its own digest, or its tag resolved through the
+    /// local cache, the Action Cache, or the registry. Also says whether this call
+    /// started the registry's resolution of the tag and must [`record`](Self::record) it.
+    pub async fn resolve(
+        &self,
+        instance: &Instance,
+        reference: &Reference,
+    ) -> Result<(String, bool), Status> {
+        if let Some(digest) = reference.digest() {
+            return Ok((digest.to_string(), false));
+        }
+        let key = (instance.clone(), reference.clone());
+        if let Some(digest) = self.known(&key) {
+            metrics::cache_lookup("tag_local", "hit");
+            return Ok((digest, false));
+        }
+        metrics::cache_lookup("tag_local", "miss");
+        if let Some(digest) = self.recorded(&key).await? {
+            metrics::cache_lookup("tag", "hit");
+            return Ok((digest, false));
+        }
+        metrics::cache_lookup("tag", "miss");
+        let (registry, local) = (self.registry.clone(), self.local.clone());
+        let ttl = self.ttl;
+        let flight_key = key.clone();
+        // Only the caller that asked the registry records the tag.
+        self.flights
+            .run_and_tell(key, async move {
+                // A flight that ended just before this one started may have answered.
+                if let Some((digest, at)) = local.lock().get(&flight_key).cloned() {
+                    if at.elapsed() < ttl {
+                        return Ok(digest);
+                    }
+                }
+                let digest = registry.resolve(&flight_key.1).await?;
+                local
+                    .lock()
+                    .insert(flight_key, (digest.clone(), Instant::now()));
+                Ok(digest)
+            })
+            .await
+    }
+
+    /// This process's resolution, if still fresh.
+    fn known(&self, key: &Key) -> Option<String> {
+        let local = self.local.lock();
+        let (digest, at) = local.get(key)?;
+        (at.elapsed() < self.ttl).then(|| digest.clone())
+    }
+
+    /// A fresh resolution recorded in the Action Cache, also kept locally until the
+    /// record expires.
+    async fn recorded(&self, key: &Key) -> Result<Option<String>, Status> {
+        let (instance, reference) = key;
+        let action = FakeAction::new(instance, Step::ResolveTag, &[&reference.to_string()]);
+        let Some(record) = read_record(&*self.ac, instance, &action).await? else {
+            return Ok(None);
+        };
+        let age = record.age().filter(|age| *age < self.ttl);
+        let (Some(age), Some(blob)) = (age, record.output("manifest-digest")) else {
+            return Ok(None);
+        };
+        let data = match self.cas.get(instance, blob).await {
+            Ok(data) => data,
+            Err(s) if s.code() == Code::NotFound => return Ok(None),
+            Err(s) => return Err(s),
+        };
+        let Ok(digest) = String::from_utf8(data.to_vec()) else {
+            return Ok(None);
+        };
+        // Expire locally when the shared record expires.
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.local.lock().insert(key.clone(), (digest.clone(), at));
+        Ok(Some(digest))
+    }
+
+    /// Records a tag resolved at the registry in the Action Cache.
+    pub async fn record(
+        &self,
+        instance: &Instance,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<(), Status> {
+        let key = FakeAction::new(instance, Step::ResolveTag, &[&reference.to_string()]);
+        let blob = put_blob(&*self.cas, instance, Bytes::from(digest.to_owned())).await?;
+        let outputs = vec![("manifest-digest".into(), blob)];
+        write_record(&*self.cas, &*self.ac, instance, &key, outputs).await
+    }
+
+    /// Drops the local resolution of `reference` if it still names `digest`.
+    pub fn forget(&self, instance: &Instance, reference: &Reference, digest: &str) {
+        if reference.digest().is_some() {
+            return;
+        }
+        let mut local = self.local.lock();
+        let key = (instance.clone(), reference.clone());
+        if local.get(&key).is_some_and(|(known, _)| known == digest) {
+            local.remove(&key);
+        }
+    }
+
+    /// Drops every local resolution.
+    pub fn forget_all(&self) {
+        self.local.lock().clear();
+    }
+}
