@@ -10,6 +10,10 @@
 //!   will not produce (5xx, connections dropped mid-body).
 //! - [`chroot_worker::ChrootWorker`]: a scheduler + worker that runs actions chrooted into
 //!   their input root, as bb_runner's `chrootIntoInputRoot` does (needs root).
+//! - [`buildgrid::BuildGrid`]: a real REAPI scheduler, BuildGrid 0.9.1 on PostgreSQL, with
+//!   a chroot worker of its Bots API (`scripts/buildgrid.sh`; needs root).
+//! - [`host_userland::host_userland`]: tar entries of host programs and their libraries.
+//! - [`bazel::BazelClient`]: Bazel on a temporary copy of a workspace.
 //!
 //! Use from a test crate with `mod support;`. Needs the Debian packages `docker-registry`,
 //! `apache2-utils` (htpasswd) and `openssl` (and `bazel-bootstrap` for the Bazel end-to-end
@@ -17,8 +21,11 @@
 
 #![allow(dead_code)]
 
+pub mod bazel;
+pub mod buildgrid;
 pub mod chroot_worker;
 pub mod fake_http;
+pub mod host_userland;
 pub mod images;
 pub mod registry_server;
 pub mod token_server;
