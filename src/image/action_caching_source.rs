@@ -119,3 +119,120 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::fake_source::{CountingSource, Stores};
+
+    fn caching(stores: &Stores, source: &CountingSource) -> ActionCachingSource<CountingSource> {
+        ActionCachingLayer::new(stores.cas.clone(), stores.ac.clone()).layer(source.clone())
+    }
+
+    #[tokio::test]
+    async fn a_miss_calls_the_source_once_and_records_the_answer_after_it_succeeded() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        let call = tokio::spawn(caching(&stores, &source).oneshot(stores.request('1')));
+        source.started(1).await;
+        assert!(
+            stores.ac.is_empty(),
+            "nothing is recorded before the source answered"
+        );
+        source.release();
+        let answer = call.await.unwrap().unwrap();
+        assert_eq!(answer.origin, Origin::Built);
+        assert_eq!(source.calls(), 1);
+        assert_eq!(stores.ac.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_recorded_answer_skips_the_source() {
+        let stores = Stores::new();
+        let first = CountingSource::new(vec![]);
+        let built = caching(&stores, &first)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        let second = CountingSource::new(vec![]);
+        let cached = caching(&stores, &second)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!(second.calls(), 0);
+        assert_eq!(cached.origin, Origin::ActionCache);
+        assert!(cached.from_cache);
+        assert_eq!(cached.record, built.record);
+        // Another request is another record.
+        let other = caching(&stores, &second)
+            .oneshot(stores.request('2'))
+            .await
+            .unwrap();
+        assert_eq!((other.origin, second.calls()), (Origin::Built, 1));
+    }
+
+    #[tokio::test]
+    async fn a_failure_records_nothing() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.fail(true);
+        let err = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(stores.ac.is_empty());
+        source.fail(false);
+        let answer = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!((answer.origin, source.calls()), (Origin::Built, 2));
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_message_is_gone_from_the_cas_is_rebuilt() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        let built = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        let function = stores.instance.digest_function;
+        let (message, _) = crate::digest::encode_message(function, &*built.record);
+        assert!(stores.cas.remove(&stores.instance, &message));
+        let rebuilt = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!((rebuilt.origin, source.calls()), (Origin::Rebuilt, 2));
+        // Recorded anew.
+        let cached = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!(cached.origin, Origin::ActionCache);
+        assert_eq!(cached.record, rebuilt.record);
+    }
+
+    #[tokio::test]
+    async fn a_request_bypassing_the_cache_calls_the_source_and_records_its_answer() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        let again = caching(&stores, &source)
+            .oneshot(stores.request('1').bypassing_cache())
+            .await
+            .unwrap();
+        assert_eq!((again.origin, source.calls()), (Origin::Built, 2));
+        let cached = caching(&stores, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!(cached.record.manifest_digest, "built-2");
+    }
+}

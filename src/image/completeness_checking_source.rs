@@ -179,3 +179,129 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::action_caching_source::ActionCachingLayer;
+    use crate::image::fake_source::{CountingSource, Stores};
+    use crate::image::image_source::ExpandedTree;
+    use crate::proto::cache::ImageRecord;
+    use tower::util::BoxCloneSyncService;
+
+    type Stack =
+        BoxCloneSyncService<crate::image::image_source::ImageRequest, ExpandedTree, Status>;
+
+    /// Completeness checking over Action Cache records over `source`.
+    fn stack(
+        stores: &Stores,
+        checked: Option<Arc<CheckedRecords<ImageRecord>>>,
+        source: &CountingSource,
+    ) -> Stack {
+        let mut checking = CompletenessCheckingLayer::new(stores.cas.clone());
+        if let Some(checked) = checked {
+            checking = checking.remembering(checked);
+        }
+        BoxCloneSyncService::new(
+            tower::ServiceBuilder::new()
+                .layer(checking)
+                .layer(ActionCachingLayer::new(
+                    stores.cas.clone(),
+                    stores.ac.clone(),
+                ))
+                .service(source.clone()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_complete_record_is_used() {
+        let stores = Stores::new();
+        let blob = stores.blob("file").await;
+        let source = CountingSource::new(vec![blob]);
+        let built = stack(&stores, None, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        let cached = stack(&stores, None, &source)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!((cached.origin, source.calls()), (Origin::ActionCache, 1));
+        assert_eq!(cached.record, built.record);
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_blobs_are_missing_is_ignored_and_rebuilt() {
+        let stores = Stores::new();
+        let gone = stores.blob("evicted").await;
+        let first = CountingSource::new(vec![gone.clone()]);
+        stack(&stores, None, &first)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert!(stores.cas.remove(&stores.instance, &gone));
+        let kept = stores.blob("kept").await;
+        let second = CountingSource::new(vec![kept]);
+        let rebuilt = stack(&stores, None, &second)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!((rebuilt.origin, second.calls()), (Origin::Rebuilt, 1));
+        // The rebuilt record replaced the incomplete one.
+        let third = CountingSource::new(vec![]);
+        let cached = stack(&stores, None, &third)
+            .oneshot(stores.request('1'))
+            .await
+            .unwrap();
+        assert_eq!((cached.origin, third.calls()), (Origin::ActionCache, 0));
+        assert_eq!(cached.record, rebuilt.record);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_record_is_checked_again_only_after_the_interval() {
+        let stores = Stores::new();
+        let blob = stores.blob("file").await;
+        let source = CountingSource::new(vec![blob.clone()]);
+        let checked = CheckedRecords::new(Duration::from_millis(300));
+        let images = stack(&stores, Some(checked), &source);
+        images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert!(stores.cas.remove(&stores.instance, &blob));
+        // Within the interval: trusted, neither looked up nor checked.
+        let remembered = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!((remembered.origin, source.calls()), (Origin::Memory, 1));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let rebuilt = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!((rebuilt.origin, source.calls()), (Origin::Rebuilt, 2));
+    }
+
+    #[tokio::test]
+    async fn without_a_memory_every_use_is_checked() {
+        let stores = Stores::new();
+        let blob = stores.blob("file").await;
+        let source = CountingSource::new(vec![blob.clone()]);
+        let images = stack(&stores, None, &source);
+        images.clone().oneshot(stores.request('1')).await.unwrap();
+        let cached = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!(cached.origin, Origin::ActionCache);
+        assert!(stores.cas.remove(&stores.instance, &blob));
+        let rebuilt = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!((rebuilt.origin, source.calls()), (Origin::Rebuilt, 2));
+    }
+
+    #[tokio::test]
+    async fn a_cleared_memory_checks_again() {
+        let stores = Stores::new();
+        let blob = stores.blob("file").await;
+        let source = CountingSource::new(vec![blob.clone()]);
+        let checked = CheckedRecords::new(Duration::from_secs(3600));
+        let images = stack(&stores, Some(checked.clone()), &source);
+        images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert!(stores.cas.remove(&stores.instance, &blob));
+        checked.clear();
+        let rebuilt = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!((rebuilt.origin, source.calls()), (Origin::Rebuilt, 2));
+        // A rebuilt record is remembered.
+        let remembered = images.oneshot(stores.request('1')).await.unwrap();
+        assert_eq!((remembered.origin, source.calls()), (Origin::Memory, 2));
+    }
+}

@@ -91,3 +91,93 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::fake_source::{CountingSource, Stores};
+    use crate::image::image_source::ExpandedTree;
+
+    fn deduplicating(source: &CountingSource) -> DeduplicatingSource<CountingSource, ExpandedTree> {
+        DeduplicatingLayer::new().layer(source.clone())
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_call_and_one_of_them_counts_its_work() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        let images = deduplicating(&source);
+        let callers: Vec<_> = (0..20)
+            .map(|_| images.clone().oneshot(stores.request('1')))
+            .collect();
+        // Every caller joins on the first poll, while the source is held.
+        let answers = tokio::spawn(futures::future::join_all(callers));
+        source.started(1).await;
+        source.release();
+        let answers = answers.await.unwrap();
+        assert_eq!(source.calls(), 1);
+        let counted: u64 = answers
+            .iter()
+            .map(|a| a.as_ref().unwrap().layers_ingested)
+            .sum();
+        assert_eq!(counted, 1);
+        // Another request is a call of its own.
+        images.clone().oneshot(stores.request('2')).await.unwrap();
+        assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_goes_away_does_not_cancel_the_call_others_wait_for() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        let images = deduplicating(&source);
+        let first = tokio::spawn(images.clone().oneshot(stores.request('1')));
+        source.started(1).await;
+        let mut second = Box::pin(images.clone().oneshot(stores.request('1')));
+        // Joins the call in flight.
+        assert!(futures::poll!(&mut second).is_pending());
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        source.release();
+        let answer = second.await.unwrap();
+        assert_eq!(answer.record.manifest_digest, "built-1");
+        assert_eq!((source.calls(), source.completed()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_call_completes_even_if_every_caller_went_away() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        let only = tokio::spawn(deduplicating(&source).oneshot(stores.request('1')));
+        source.started(1).await;
+        only.abort();
+        source.release();
+        while source.completed() < 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_are_shared_and_not_remembered() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        source.fail(true);
+        let images = deduplicating(&source);
+        let callers: Vec<_> = (0..3)
+            .map(|_| images.clone().oneshot(stores.request('1')))
+            .collect();
+        let answers = tokio::spawn(futures::future::join_all(callers));
+        source.started(1).await;
+        source.release();
+        for answer in answers.await.unwrap() {
+            assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable);
+        }
+        source.fail(false);
+        images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!(source.calls(), 2);
+    }
+}

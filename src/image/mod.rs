@@ -28,6 +28,8 @@ pub mod deduplicating_source;
 pub mod directory_cache;
 pub mod expander;
 pub mod fake_action;
+#[cfg(test)]
+mod fake_source;
 pub mod image_source;
 pub mod layer_source;
 pub mod metrics;
