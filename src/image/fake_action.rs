@@ -1,5 +1,5 @@
-//! The Action Cache as a key-value store (ADR #8): each cached step is keyed by the
-//! digest of a "fake" Action whose Command can never be a client's:
+//! The Action Cache as a key-value store (docs/how-it-works.md, "Caching"): each cached
+//! step is keyed by the digest of a "fake" Action whose Command can never be a client's:
 //! `bb-container-expander <step> <format version> <arguments…>`, run nowhere. The step
 //! names and the format version are part of the key, so a change of record format
 //! simply stops old entries from being found.

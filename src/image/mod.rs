@@ -1,5 +1,5 @@
-//! Image references → canonical image trees in the CAS (ADR #8 steps 1-3), with every
-//! step cached in the Action Cache under fake actions.
+//! Image references → canonical image trees in the CAS (steps 1-3 of
+//! docs/how-it-works.md), with every step cached in the Action Cache under fake actions.
 //!
 //! The engine is a chain of stages, each a tower `Service` (`stage.rs`): the image
 //! source (`image_source.rs`), the layer chain source (`chain_source.rs`) and the layer
