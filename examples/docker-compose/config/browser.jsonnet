@@ -12,4 +12,8 @@ local common = import 'common.libsonnet';
     listenAddresses: [':7984'],
     authenticationPolicy: { allow: {} },
   }],
+  // Links bb_browser shows beside an action's RequestMetadata, computed from it by
+  // this JMESPath expression: none here (a literal empty object). Required: bb_browser
+  // does not start without an expression.
+  requestMetadataLinksJmespathExpression: { expression: '`{}`' },
 }

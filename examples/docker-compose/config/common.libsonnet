@@ -42,12 +42,36 @@
     },
   },
 
+  // The largest blob this deployment promises to hold: the largest file of any image
+  // the expander may put in the CAS, and the largest output file an action may write
+  // (the runners' maximumFilePoolSizeBytes). 1 GiB covers the big shared libraries of
+  // toolchain and CUDA images. Every 'local' CAS below (the storage shards and the
+  // worker's cache) is sized so that one block holds a blob this large;
+  // tests/buildbarn_configs.rs checks it. Raise it and the block files together.
+  largestBlobSizeBytes: 1024 * 1024 * 1024,
+
+  // Block layouts of the 'local' stores. bb_storage cuts its blocks file into
+  // spareBlocks + oldBlocks + currentBlocks + newBlocks blocks of equal size and
+  // refuses (INVALID_ARGUMENT) any blob larger than one block. A block is
+  //   sector * floor(ceil(sizeBytes / sector) / blocks)   bytes,
+  // where sector is the larger of the file system's block size and the page size
+  // (4 KiB on most Linux hosts): just under sizeBytes / blocks. Few, large blocks let
+  // the CAS hold large image files without huge block files; an eviction then drops
+  // one of the 13 data blocks at once. An Action Cache must have exactly one new
+  // block (bb_storage refuses to start otherwise), and its blocks only need to hold
+  // one ActionResult (at most maximumMessageSizeBytes), so it keeps the usual 36
+  // small blocks.
+  casBlocks: { oldBlocks: 4, currentBlocks: 8, newBlocks: 1, spareBlocks: 2 },
+  actionCacheBlocks: { oldBlocks: 8, currentBlocks: 24, newBlocks: 1, spareBlocks: 3 },
+
   // A bb_storage 'local' backend in files under `directory`: a key-location map of
-  // keyLocationMapSizeBytes and blocksSizeBytes of data split into 36 blocks (8 old,
-  // 24 current, 1 new, 3 spare). A blob must fit in one block, so the largest file
-  // of any image must be smaller than blocksSizeBytes / 36. With `persistent`, the
-  // contents survive a restart.
-  localBlobAccess(directory, blocksSizeBytes, keyLocationMapSizeBytes, persistent=false):: {
+  // keyLocationMapSizeBytes (66 bytes per entry; give it several entries per blob
+  // stored) and blocksSizeBytes of data cut into blocks as `layout` says. The files
+  // are created sparse and fill up as data is written. With `persistent`, the
+  // contents survive a restart. With `dataIntegrityValidationCache`, a blob whose
+  // checksum was verified is not verified again on every read for a while, which a
+  // worker with a virtual build directory needs (it reads files piecemeal).
+  localBlobAccess(directory, blocksSizeBytes, keyLocationMapSizeBytes, layout, persistent=false, dataIntegrityValidationCache=null):: {
     'local': {
       keyLocationMapOnBlockDevice: {
         file: {
@@ -57,9 +81,9 @@
       },
       keyLocationMapMaximumGetAttempts: 16,
       keyLocationMapMaximumPutAttempts: 64,
-      oldBlocks: 8,
-      currentBlocks: 24,
-      newBlocks: 1,
+      oldBlocks: layout.oldBlocks,
+      currentBlocks: layout.currentBlocks,
+      newBlocks: layout.newBlocks,
       blocksOnBlockDevice: {
         source: {
           file: {
@@ -67,8 +91,10 @@
             sizeBytes: blocksSizeBytes,
           },
         },
-        spareBlocks: 3,
-      },
+        spareBlocks: layout.spareBlocks,
+      } + (if dataIntegrityValidationCache != null then {
+             dataIntegrityValidationCache: dataIntegrityValidationCache,
+           } else {}),
     } + (if persistent then {
            persistent: {
              stateDirectoryPath: directory + '/persistent_state',

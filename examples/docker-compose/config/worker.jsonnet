@@ -3,7 +3,13 @@
 // fetched when an action opens them, through a local cache under /worker/cas. A FUSE
 // (virtual) build directory is what makes image-sized input roots cheap: a hardlinking
 // (native) one would link every file of the image for every action.
+//
+// bb_worker refuses to start, or fails every action, without several fields below;
+// tests/buildbarn_configs.rs checks them (and this file is the template the
+// Kubernetes example's worker follows).
 local common = import 'common.libsonnet';
+
+local concurrency = 4;
 
 {
   global: common.global,
@@ -14,7 +20,22 @@ local common = import 'common.libsonnet';
     contentAddressableStorage: {
       readCaching: {
         slow: common.blobstore.contentAddressableStorage,
-        fast: common.localBlobAccess('/worker/cas', 4 * 1024 * 1024 * 1024, 32 * 1024 * 1024),
+        // Every file an action opens passes through this cache, so one block must
+        // hold the largest file of any image: 16 GiB in 15 blocks is 1.07 GiB per
+        // block (see common.casBlocks). Emptied at every start.
+        fast: common.localBlobAccess(
+          '/worker/cas',
+          blocksSizeBytes=16 * 1024 * 1024 * 1024,
+          keyLocationMapSizeBytes=128 * 1024 * 1024,
+          layout=common.casBlocks,
+          // The FUSE file system reads a file in many small pieces; without this
+          // cache each piece would verify the whole blob's checksum again.
+          dataIntegrityValidationCache={
+            cacheSize: 100000,
+            cacheDuration: '14400s',
+            cacheReplacementPolicy: 'LEAST_RECENTLY_USED',
+          },
+        ),
         replicator: { deduplicating: { 'local': {} } },
       },
     },
@@ -29,15 +50,17 @@ local common = import 'common.libsonnet';
           inodeAttributeValidity: '300s',
           // The runner, another container, must see the files.
           allowOther: true,
+          // The bb-worker image has no fusermount: mount with mount(2) itself.
           mountMethod: 'DIRECT',
         },
       },
+      // Both are required with a virtual build directory.
       maximumExecutionTimeoutCompensation: '3600s',
       maximumWritableFileUploadDelay: '60s',
     },
     runners: [{
       endpoint: { address: 'unix:///worker/runner' },
-      concurrency: 4,
+      concurrency: concurrency,
       // No container-image here: the expander removes it from every action it
       // rewrites and adds runner=chroot instead. Sorted, as bb_scheduler requires.
       platform: common.chrootPlatform,
@@ -45,13 +68,19 @@ local common = import 'common.libsonnet';
       // bb_runner does not mount /dev in the chroot; these nodes are created in each
       // input root's /dev instead (the directory may already exist in the image).
       inputRootCharacterDeviceNodes: ['full', 'null', 'random', 'tty', 'urandom', 'zero'],
+      // What one action may keep in the file pool: every file it writes in the
+      // build directory, and its stdout and stderr. Both default to 0, with which
+      // every action fails at its first file.
+      maximumFilePoolFileCount: 100000,
+      maximumFilePoolSizeBytes: common.largestBlobSizeBytes,
     }],
   }],
+  // Room for every runner thread's quota at once: concurrency * maximumFilePoolSizeBytes.
   filePool: {
     blockDevice: {
       file: {
         path: '/worker/filepool',
-        sizeBytes: 4 * 1024 * 1024 * 1024,
+        sizeBytes: concurrency * common.largestBlobSizeBytes,
       },
     },
   },
@@ -60,5 +89,10 @@ local common = import 'common.libsonnet';
     maximumSizeBytes: 10000 * 1024,
     cacheReplacementPolicy: 'LEAST_RECENTLY_USED',
   },
+  // Required (bb_worker exits at start when it is 0): with a virtual build directory
+  // it limits the CAS reads of prefetching, with a native one the files fetched at
+  // once; for the whole worker.
+  inputDownloadConcurrency: 16,
+  // Required as well: concurrent CAS writes of outputs, for the whole worker.
   outputUploadConcurrency: 11,
 }
