@@ -14,7 +14,11 @@
 //! - the compose files name only configuration files that exist and, where the Debian
 //!   package `docker-compose` is installed (CI installs it), pass `docker-compose config`;
 //! - the Kubernetes manifests mount the ConfigMap and set the variables the
-//!   configuration reads.
+//!   configuration reads, and the Kubernetes chroot workers advertise what the
+//!   Kubernetes expander produces and share their FUSE mount with the runner.
+//!
+//! Whether the Buildbarn binaries accept their configurations (schemas, start-up
+//! checks, block sizes, image tags) is `tests/buildbarn_configs.rs`'s job.
 
 use bb_container_expander::action::platform_properties;
 use bb_container_expander::config::{self, jsonnet};
@@ -378,9 +382,26 @@ fn docker_compose_proxy_mode_is_wired_as_documented() {
 /// platform, sorted as bb_scheduler requires, and the runner chroots.
 #[test]
 fn docker_compose_chroot_worker_matches_the_rewritten_platform() {
-    let dir = "examples/docker-compose/config";
-    let worker = evaluate(&format!("{dir}/worker.jsonnet"));
-    let runner = evaluate(&format!("{dir}/runner.jsonnet"));
+    assert_chroot_worker_matches_the_expander(
+        "examples/docker-compose/config",
+        "worker.jsonnet",
+        "runner.jsonnet",
+    );
+}
+
+/// The same for the Kubernetes example's chroot workers and its expander.
+#[test]
+fn kubernetes_chroot_worker_matches_the_rewritten_platform() {
+    assert_chroot_worker_matches_the_expander(
+        "examples/kubernetes/config",
+        "worker-chroot.jsonnet",
+        "runner-chroot.jsonnet",
+    );
+}
+
+fn assert_chroot_worker_matches_the_expander(dir: &str, worker: &str, runner: &str) {
+    let worker = evaluate(&format!("{dir}/{worker}"));
+    let runner = evaluate(&format!("{dir}/{runner}"));
 
     assert_eq!(
         string_at(&worker, &["scheduler", "address"]),
@@ -663,6 +684,162 @@ fn kubernetes_manifests_mount_the_configuration_and_set_its_variables() {
         string_at(&evaluated, &["global", "logPaths", "0"]),
         "/logs/bb-container-expander-expander-5d8f7c9b4-x2x7q.log"
     );
+}
+
+/// The chroot worker's pod: its configurations come from the ConfigMap, the worker
+/// mounts FUSE in a volume whose mounts propagate to the runner, bb_runner is
+/// installed before either starts, and the variable the worker reads is set.
+#[test]
+fn kubernetes_chroot_worker_pod_shares_the_build_directory() {
+    let dir = root().join("examples/kubernetes");
+    let pod = std::fs::read_to_string(dir.join("worker-chroot.yaml")).unwrap();
+    let generator = std::fs::read_to_string(dir.join("config/kustomization.yaml")).unwrap();
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    assert!(kustomization.contains("- worker-chroot.yaml"));
+    for file in [
+        "common.libsonnet",
+        "worker-chroot.jsonnet",
+        "runner-chroot.jsonnet",
+    ] {
+        assert!(
+            generator.contains(&format!("- {file}")),
+            "{file} is not in the ConfigMap"
+        );
+        assert!(
+            pod.contains(&format!("key: {file}")),
+            "{file} is not mounted"
+        );
+    }
+    assert!(pod.contains("initContainers:\n        # Copies bb_runner"));
+    assert!(pod.contains("- /config/worker-chroot.jsonnet"));
+    assert!(pod.contains("- /config/runner-chroot.jsonnet"));
+    assert!(pod.contains("privileged: true"));
+    assert!(pod.contains("mountPropagation: Bidirectional"));
+    assert!(pod.contains("mountPropagation: HostToContainer"));
+    assert!(pod.contains("- name: POD_NAME"));
+    let worker = std::fs::read_to_string(dir.join("config/worker-chroot.jsonnet")).unwrap();
+    assert!(worker.contains("std.extVar('POD_NAME')"));
+    // The runner reads bb_runner from the installer's volume and runs as root.
+    assert!(pod.contains("- /bb/bb_runner"));
+    assert!(pod.contains("runAsUser: 0"));
+}
+
+/// Directories a Buildbarn process writes into but does not create: the parents of
+/// its block-device files, persistent state directories, build directories and mount
+/// points.
+fn directories_written(config: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(value: &Value, out: &mut std::collections::BTreeSet<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (key, child) in fields {
+                    match (key.as_str(), child) {
+                        ("file", Value::Object(file)) if file.contains_key("sizeBytes") => {
+                            let path = file["path"].as_str().unwrap();
+                            out.insert(path.rsplit_once('/').unwrap().0.to_owned());
+                        }
+                        (
+                            "stateDirectoryPath" | "mountPath" | "buildDirectoryPath"
+                            | "cacheDirectoryPath",
+                            Value::String(path),
+                        ) => {
+                            out.insert(path.clone());
+                        }
+                        _ => walk(child, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(config, &mut out);
+    out
+}
+
+/// `host:container` bind mounts of a compose service, in either syntax.
+fn compose_binds(compose: &str, service: &str) -> Vec<(String, String)> {
+    let mut binds = Vec::new();
+    let mut in_service = false;
+    let mut source = None;
+    for line in compose.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let content = line.trim();
+        if indent == 2 && !content.is_empty() && !content.starts_with('#') {
+            in_service = content == format!("{service}:");
+            continue;
+        }
+        if !in_service {
+            continue;
+        }
+        if let Some(short) = content.strip_prefix("- ./") {
+            let mut parts = short.split(':');
+            binds.push((
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().to_owned(),
+            ));
+        } else if let Some(s) = content.strip_prefix("source: ./") {
+            source = Some(s.to_owned());
+        } else if let Some(target) = content.strip_prefix("target: ") {
+            binds.push((source.take().unwrap(), target.to_owned()));
+        }
+    }
+    binds
+}
+
+/// Every directory the Buildbarn processes write into exists when they start: run.sh
+/// creates those of the compose example on the host, an init container those of the
+/// Kubernetes worker in its volume. bb_storage and bb_worker create files, not their
+/// directories, and a FUSE mount needs its mount point.
+#[test]
+fn the_directories_the_buildbarn_processes_write_into_are_created() {
+    let compose_dir = root().join("examples/docker-compose");
+    let compose = std::fs::read_to_string(compose_dir.join("docker-compose.yml")).unwrap();
+    let run = std::fs::read_to_string(compose_dir.join("run.sh")).unwrap();
+    // What run.sh creates, for both storage shards.
+    let created: Vec<String> = run
+        .lines()
+        .filter(|l| l.contains("mkdir"))
+        .flat_map(|l| ["0", "1"].map(|shard| l.replace("$shard", shard).replace('"', "")))
+        .flat_map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    for (service, file) in [
+        ("worker", "worker.jsonnet"),
+        ("storage-0", "storage.jsonnet"),
+        ("storage-1", "storage.jsonnet"),
+    ] {
+        let config = evaluate(&format!("examples/docker-compose/config/{file}"));
+        let binds = compose_binds(&compose, service);
+        assert!(!binds.is_empty(), "{service} has no bind mounts");
+        for directory in directories_written(&config) {
+            let (source, target) = binds
+                .iter()
+                .find(|(_, target)| {
+                    directory == *target || directory.starts_with(&format!("{target}/"))
+                })
+                .unwrap_or_else(|| panic!("{service}: {directory} is in no volume"));
+            let host = format!("{source}{}", &directory[target.len()..]);
+            assert!(
+                created
+                    .iter()
+                    .any(|c| *c == host || c.starts_with(&format!("{host}/")))
+                    || directory == *target,
+                "{service} ({file}) writes into {directory}, which is {host} on the host: \
+                 run.sh does not create it"
+            );
+        }
+    }
+
+    let pod =
+        std::fs::read_to_string(root().join("examples/kubernetes/worker-chroot.yaml")).unwrap();
+    let worker = evaluate("examples/kubernetes/config/worker-chroot.jsonnet");
+    for directory in directories_written(&worker) {
+        assert!(directory.starts_with("/worker"), "{directory}");
+        assert!(
+            directory == "/worker" || pod.contains(&format!("- {directory}\n")),
+            "the worker writes into {directory}, which no init container creates"
+        );
+    }
 }
 
 #[test]
