@@ -267,7 +267,7 @@ async fn chroot_worker_reports_missing_inputs_as_bb_worker_does() {
     use prost::Message;
 
     let storage = BlobstoreServer::start_in_memory_serving(&["x"]).await;
-    let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
+    let worker = ChrootWorker::start(storage.cas(), storage.ac(), &["x"]).await;
     let instance = Instance::new("x", DigestFunction::Sha256);
     let command = reapi::Command {
         arguments: vec!["/bin/true".into()],
@@ -380,7 +380,7 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
     // Storage shared by Bazel, the expander and the worker (serving only Bazel's
     // instance name, as a real server would); the worker; the expander.
     let storage = BlobstoreServer::start_in_memory_serving(&[INSTANCE_NAME]).await;
-    let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
+    let worker = ChrootWorker::start(storage.cas(), storage.ac(), &[INSTANCE_NAME]).await;
     let (expander_port, expander_shutdown, expander_task) = start_expander(
         &registry.host(),
         &storage.address().to_string(),

@@ -9,14 +9,15 @@
 //! and only the Command's environment variables. Outputs, stdout and stderr go to the
 //! CAS; a successful cacheable result goes to the Action Cache under the digest the
 //! worker received. Operations are streamed as QUEUED, EXECUTING, then a done operation
-//! with the ExecuteResponse; WaitExecution follows an operation by name.
+//! with the ExecuteResponse; WaitExecution follows an operation by name. Like a real
+//! scheduler it serves only the instance names it was started with.
 //!
 //! chroot(2) needs root (CI runs as root). Every action run is recorded, so tests can
 //! check what reached the worker.
 //!
 //! ```ignore
 //! let storage = BlobstoreServer::start_in_memory().await;
-//! let worker = ChrootWorker::start(storage.cas(), storage.ac()).await;
+//! let worker = ChrootWorker::start(storage.cas(), storage.ac(), &[""]).await;
 //! // scheduler address for the expander: worker.address()
 //! ```
 
@@ -68,6 +69,8 @@ pub struct ExecutedAction {
 struct State {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
+    /// The instance names served.
+    instance_names: Vec<String>,
     build_directory: tempfile::TempDir,
     next_id: AtomicU64,
     operations: Mutex<HashMap<String, watch::Receiver<Operation>>>,
@@ -85,10 +88,17 @@ pub struct ChrootWorker {
 impl ChrootWorker {
     /// Serves on a free 127.0.0.1 port, reading and writing blobs through `cas` and `ac`
     /// (typically those of a `BlobstoreServer` that the client and the expander use).
-    pub async fn start(cas: Arc<dyn ContentAddressableStorage>, ac: Arc<dyn ActionCache>) -> Self {
+    /// Serves `instance_names` only: Execute for any other fails with INVALID_ARGUMENT, as
+    /// a real scheduler does.
+    pub async fn start(
+        cas: Arc<dyn ContentAddressableStorage>,
+        ac: Arc<dyn ActionCache>,
+        instance_names: &[&str],
+    ) -> Self {
         let state = Arc::new(State {
             cas,
             ac,
+            instance_names: instance_names.iter().map(|s| s.to_string()).collect(),
             build_directory: tempfile::tempdir().expect("build directory"),
             next_id: AtomicU64::new(1),
             operations: Mutex::new(HashMap::new()),
@@ -207,6 +217,12 @@ impl Execution for Handler {
             .action_digest
             .clone()
             .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
+        if !self.0.instance_names.contains(&request.instance_name) {
+            return Err(Status::invalid_argument(format!(
+                "Invalid instance name: {:?} (this scheduler serves {:?})",
+                request.instance_name, self.0.instance_names
+            )));
+        }
         let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
         function.validate(&action_digest)?;
         let instance = Instance::new(request.instance_name.clone(), function);
