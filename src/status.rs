@@ -5,12 +5,29 @@
 
 use tonic::{Code, Status};
 
-/// Prefixes the message of `status` with `context`, keeping its code.
+/// Prefixes the message of `status` with `context`, keeping its code and its details
+/// (a `PreconditionFailure` naming missing blobs, for instance, survives the wrapping).
+/// When the details are an encoded `google.rpc.Status`, as gRPC defines them, the message
+/// inside them is prefixed too, so that both messages say the same.
 pub fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
-    Status::new(status.code(), format!("{}: {}", context, status.message()))
+    use prost::Message;
+    let message = format!("{}: {}", context, status.message());
+    if status.details().is_empty() {
+        return Status::new(status.code(), message);
+    }
+    let details: bytes::Bytes = match crate::proto::rpc::Status::decode(status.details()) {
+        Ok(mut details) => {
+            details.message = message.clone();
+            details.encode_to_vec().into()
+        }
+        Err(_) => bytes::Bytes::copy_from_slice(status.details()),
+    };
+    Status::with_details(status.code(), message, details)
 }
 
-/// Prefixes the message of `status` with `context` and replaces its code.
+/// Prefixes the message of `status` with `context` and replaces its code. The details
+/// are dropped: they describe the failure under its old code (a `PreconditionFailure`
+/// under anything but FAILED_PRECONDITION would mislead a client).
 pub fn wrap_with_code(status: Status, code: Code, context: impl std::fmt::Display) -> Status {
     Status::new(code, format!("{}: {}", context, status.message()))
 }
@@ -105,6 +122,57 @@ mod tests {
         );
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "Failed to read Command: Blob not found");
+    }
+
+    #[test]
+    fn wrap_keeps_details() {
+        use prost::Message;
+        let d = crate::digest::DigestFunction::Sha256.digest_of(b"x");
+        let s = wrap(
+            missing_blobs("Action not found", std::slice::from_ref(&d)),
+            "Failed to forward Execute",
+        );
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "Failed to forward Execute: Action not found");
+        assert_eq!(missing_blobs_of(&s), vec![format!("blobs/{}/1", d.hash)]);
+        let details = crate::proto::rpc::Status::decode(s.details()).unwrap();
+        assert_eq!(details.message, s.message());
+        assert_eq!(details.code, Code::FailedPrecondition as i32);
+
+        // Wrapping twice prefixes twice and still keeps them.
+        let twice = wrap(s, "Failed to execute");
+        assert_eq!(
+            twice.message(),
+            "Failed to execute: Failed to forward Execute: Action not found"
+        );
+        assert_eq!(
+            missing_blobs_of(&twice),
+            vec![format!("blobs/{}/1", d.hash)]
+        );
+    }
+
+    #[test]
+    fn wrap_keeps_details_it_cannot_decode() {
+        let s = wrap(
+            Status::with_details(Code::Aborted, "Busy", bytes::Bytes::from_static(b"\xff")),
+            "Context",
+        );
+        assert_eq!(s.code(), Code::Aborted);
+        assert_eq!(s.message(), "Context: Busy");
+        assert_eq!(s.details(), b"\xff");
+    }
+
+    #[test]
+    fn wrap_with_code_drops_details() {
+        let d = crate::digest::DigestFunction::Sha256.digest_of(b"x");
+        let s = wrap_with_code(
+            missing_blobs("Blob not found", std::slice::from_ref(&d)),
+            Code::Internal,
+            "Failed to read cached tree",
+        );
+        assert_eq!(s.code(), Code::Internal);
+        assert!(s.details().is_empty());
+        assert!(missing_blobs_of(&s).is_empty());
     }
 
     #[test]

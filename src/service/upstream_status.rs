@@ -18,26 +18,8 @@ pub fn from_upstream(status: Status, context: &str) -> Status {
     if connection_failure {
         Status::unavailable(format!("{context}: {}", status.message()))
     } else {
-        wrap_keeping_details(status, context)
+        crate::status::wrap(status, context)
     }
-}
-
-/// Prefixes the message of `status` with `context`, keeping its code and details (the
-/// message inside the details is prefixed too, so both say the same).
-fn wrap_keeping_details(status: Status, context: &str) -> Status {
-    use prost::Message;
-    let message = format!("{context}: {}", status.message());
-    if status.details().is_empty() {
-        return Status::new(status.code(), message);
-    }
-    let details: bytes::Bytes = match crate::proto::rpc::Status::decode(status.details()) {
-        Ok(mut details) => {
-            details.message = message.clone();
-            details.encode_to_vec().into()
-        }
-        Err(_) => bytes::Bytes::copy_from_slice(status.details()),
-    };
-    Status::with_details(status.code(), message, details)
 }
 
 fn has_transport_source(status: &Status) -> bool {
