@@ -22,14 +22,6 @@ tokio::task_local! {
     static INCOMING_METADATA: Arc<HeaderMap>;
 }
 
-/// Runs `future` with `headers` as the incoming metadata (for servers and tests).
-pub async fn with_incoming_metadata<F: std::future::Future>(
-    headers: Arc<HeaderMap>,
-    future: F,
-) -> F::Output {
-    INCOMING_METADATA.scope(headers, future).await
-}
-
 /// Wraps `future` so that it runs with the incoming metadata of the current call, for
 /// work spawned as a task of its own while a call is handled.
 pub fn propagate<F: std::future::Future>(

@@ -6,7 +6,7 @@
 //! - [`configuration`]: the `registries` configuration and its allow-list;
 //! - [`platform`]: platform normalisation, the REAPI `OSFamily`/`ISA` mapping, index walking;
 //! - [`manifest`]: manifest/index/config documents and the checks of layers.md L-10..L-17;
-//! - [`credentials`], [`errors`], [`retry`], [`pulled_bytes`]: the pieces [`OciRegistry`] uses;
+//! - [`credentials`], [`errors`], [`retry`]: the pieces [`OciRegistry`] uses;
 //! - [`oci_registry`]: the [`Registry`] implementation on the `oci-client` crate.
 //!
 //! Errors are `tonic::Status` whose message names the image, e.g. `Failed to fetch image
@@ -26,7 +26,6 @@ pub mod errors;
 pub mod manifest;
 pub mod oci_registry;
 pub mod platform;
-pub mod pulled_bytes;
 pub mod reference;
 pub mod retry;
 

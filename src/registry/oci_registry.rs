@@ -23,7 +23,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -45,7 +44,6 @@ use super::manifest::{
     ACCEPTED_MANIFEST_MEDIA_TYPES,
 };
 use super::platform::{select_manifest, Platform};
-use super::pulled_bytes::PulledBytes;
 use super::reference::{validate_digest, Reference};
 use super::retry::RetryPolicy;
 use super::{ImageMetadata, Registry};
@@ -87,7 +85,6 @@ pub struct OciRegistry {
     https_client: Client,
     retry: RetryPolicy,
     secrets: Arc<Secrets>,
-    pulled_bytes: Arc<PulledBytes>,
 }
 
 impl std::fmt::Debug for OciRegistry {
@@ -150,23 +147,12 @@ impl OciRegistry {
             configuration,
             hosts,
             secrets: Arc::new(secrets),
-            pulled_bytes: Arc::new(PulledBytes::default()),
         })
     }
 
     /// The configuration this registry was built from.
     pub fn configuration(&self) -> &RegistryConfiguration {
         &self.configuration
-    }
-
-    /// Bytes pulled so far, per host contacted.
-    pub fn pulled_bytes(&self) -> &Arc<PulledBytes> {
-        &self.pulled_bytes
-    }
-
-    /// Bytes pulled so far from `host` (as contacted, e.g. `127.0.0.1:5000`).
-    pub fn bytes_pulled_from(&self, host: &str) -> u64 {
-        self.pulled_bytes.get(&normalize_host(host))
     }
 
     /// Where to look for `reference`, in order; refused if its registry is not allowed.
@@ -294,7 +280,6 @@ impl OciRegistry {
                     .map_err(|e| self.classify(e))
             })
             .await?;
-        self.pulled_bytes.add(&endpoint.host, body.len() as u64);
         if body.len() > MAXIMUM_MANIFEST_SIZE {
             return Err(Status::failed_precondition(format!(
                 "Manifest {digest} is {} bytes, more than the limit of {MAXIMUM_MANIFEST_SIZE}",
@@ -421,16 +406,14 @@ impl OciRegistry {
         oci_ref: &oci_client::Reference,
         descriptor: &Descriptor,
     ) -> Result<Bytes, Status> {
-        let counter = self.pulled_bytes.counter(&endpoint.host);
         self.retry
             .run("config", || {
-                let counter = counter.clone();
                 async move {
                     let stream = self
                         .open_blob(endpoint, oci_ref, &descriptor.digest, descriptor.size)
                         .await?;
                     let mut stream =
-                        BlobStream::new(stream, &descriptor.digest, descriptor.size, counter);
+                        BlobStream::new(stream, &descriptor.digest, descriptor.size);
                     let mut buffer = BytesMut::with_capacity(descriptor.size.max(0) as usize);
                     while let Some(chunk) = stream.next().await {
                         match chunk {
@@ -460,12 +443,11 @@ impl OciRegistry {
                 self.open_blob(endpoint, oci_ref, &layer.digest, layer.size)
             })
             .await?;
-        let counter = self.pulled_bytes.counter(&endpoint.host);
         let context = format!(
             "Failed to fetch layer {} of image {reference}",
             layer.digest
         );
-        Ok(BlobStream::new(stream, &layer.digest, layer.size, counter)
+        Ok(BlobStream::new(stream, &layer.digest, layer.size)
             .map(move |chunk| chunk.map_err(|status| crate::status::wrap(status, &context)))
             .boxed())
     }
@@ -548,13 +530,12 @@ impl Registry for OciRegistry {
     }
 }
 
-/// A blob body as it arrives: counted, held to its descriptor's size, errors as `Status`.
+/// A blob body as it arrives: held to its descriptor's size, errors as `Status`.
 struct BlobStream {
     inner: BoxStream<'static, std::io::Result<Bytes>>,
     digest: String,
     expected: u64,
     received: u64,
-    counter: Arc<AtomicU64>,
     finished: bool,
 }
 
@@ -563,14 +544,12 @@ impl BlobStream {
         inner: BoxStream<'static, std::io::Result<Bytes>>,
         digest: &str,
         size: i64,
-        counter: Arc<AtomicU64>,
     ) -> Self {
         Self {
             inner,
             digest: digest.to_owned(),
             expected: size.max(0) as u64,
             received: 0,
-            counter,
             finished: false,
         }
     }
@@ -614,8 +593,6 @@ impl Stream for BlobStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(chunk))) => {
                 this.received += chunk.len() as u64;
-                this.counter
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if this.received > this.expected {
                     this.finished = true;
                     return Poll::Ready(Some(Err(Status::data_loss(format!(
@@ -749,28 +726,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn blob_stream_counts_and_checks_size() {
-        let counter = Arc::new(AtomicU64::new(0));
+    async fn blob_stream_checks_size() {
         let ok = BlobStream::new(
             chunks(vec![Ok(b"ab"), Ok(b"c")]),
             "sha256:x",
             3,
-            counter.clone(),
         );
         let data: Vec<Bytes> = ok.try_collect().await.unwrap();
         assert_eq!(data.concat(), b"abc");
-        assert_eq!(counter.load(Ordering::Relaxed), 3);
 
         let long = BlobStream::new(
             chunks(vec![Ok(b"ab"), Ok(b"cd")]),
             "sha256:x",
             3,
-            counter.clone(),
         );
         let err = long.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.code(), Code::DataLoss);
 
-        let short = BlobStream::new(chunks(vec![Ok(b"ab")]), "sha256:x", 3, counter.clone());
+        let short = BlobStream::new(chunks(vec![Ok(b"ab")]), "sha256:x", 3);
         assert_eq!(
             short.try_collect::<Vec<_>>().await.unwrap_err().code(),
             Code::DataLoss
@@ -786,7 +759,6 @@ mod tests {
             ]),
             "sha256:x",
             3,
-            counter.clone(),
         );
         let err = broken.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
@@ -806,7 +778,6 @@ mod tests {
             ]),
             "sha256:x",
             3,
-            counter.clone(),
         );
         assert_eq!(
             truncated.try_collect::<Vec<_>>().await.unwrap_err().code(),
@@ -823,7 +794,6 @@ mod tests {
             ]),
             "sha256:x",
             3,
-            counter,
         );
         assert_eq!(
             corrupt.try_collect::<Vec<_>>().await.unwrap_err().code(),
