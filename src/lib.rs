@@ -29,5 +29,6 @@ pub mod proto;
 pub mod registry;
 pub mod service;
 pub mod status;
+#[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod tree;

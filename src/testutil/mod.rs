@@ -1,5 +1,9 @@
 //! Test support shared by unit and integration tests.
 //!
+//! Compiled only for this crate's unit tests (`cfg(test)`) and with the `testutil`
+//! feature, which only the crate's self dev-dependency enables (integration tests,
+//! benches): the release library and binary contain none of it.
+//!
 //! - [`BlobstoreServer`]: an in-process REAPI storage server (CAS, AC, ByteStream,
 //!   Capabilities) on a loopback port, backed by any [`crate::blobstore`] stores, that
 //!   counts the calls it receives and can be told to fail them;
