@@ -13,7 +13,7 @@ use std::process::Output;
 use serde_json::Value;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer};
+use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer, dir, exe, file, symlink, tar_bytes, whiteout, TarEntry};
 use support::registry_server::RegistryServer;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_bb-container-expander");
@@ -50,7 +50,7 @@ fn app_image(flavor: Flavor, arch: &str) -> Image {
     ImageBuilder::new(flavor)
         .platform("linux", arch, "")
         .layer(Layer::new(
-            tar(&[
+            tar_bytes(&[
                 dir("usr/bin"),
                 exe("usr/bin/hello", &format!("#!/bin/sh\necho {arch}\n")),
                 file("etc/hello.conf", "greeting=hi\n"),
@@ -62,9 +62,9 @@ fn app_image(flavor: Flavor, arch: &str) -> Image {
             flavor,
         ))
         .layer(Layer::new(
-            tar(&[
+            tar_bytes(&[
                 whiteout("etc/.wh.alias"),
-                Entry::Link("usr/bin/hi".into(), "usr/bin/hello".into(), 0o755),
+                TarEntry::Link("usr/bin/hi".into(), "usr/bin/hello".into(), 0o755),
                 file("usr/share/doc/README", "docs\n"),
             ]),
             Compression::Zstd,

@@ -17,12 +17,12 @@ use serde_json::json;
 use tonic::Code;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, Layer};
+use support::images::{Compression, Flavor, Image, ImageBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
 use support::registry_server::RegistryServer;
 use support::sha256;
 
-fn layer(entries: &[Entry], compression: Compression) -> Layer {
-    Layer::new(tar(entries), compression, Flavor::Oci)
+fn layer(entries: &[TarEntry], compression: Compression) -> Layer {
+    Layer::new(tar_bytes(entries), compression, Flavor::Oci)
 }
 
 fn image(layers: &[&Layer]) -> Image {
@@ -97,13 +97,13 @@ async fn empty_layers_large_files_and_many_files() {
     let big = noise(3 << 20, 7);
     let large = layer(
         &[
-            Entry::File("data/big.bin".into(), big.clone(), 0o600),
-            Entry::File("data/big-copy.bin".into(), big.clone(), 0o700),
-            Entry::File("data/medium.bin".into(), noise(300_000, 9), 0o644),
+            TarEntry::File("data/big.bin".into(), big.clone(), 0o600),
+            TarEntry::File("data/big-copy.bin".into(), big.clone(), 0o700),
+            TarEntry::File("data/medium.bin".into(), noise(300_000, 9), 0o644),
         ],
         Compression::Gzip,
     );
-    let many: Vec<Entry> = (0..3000)
+    let many: Vec<TarEntry> = (0..3000)
         .map(|i| file(&format!("many/d{}/f{i}", i % 7), &format!("{i}")))
         .collect();
     let many = layer(&many, Compression::Zstd);
@@ -338,7 +338,7 @@ async fn more_bad_layers_are_refused() {
 
     // Truncated zstd.
     let full = layer(
-        &[Entry::File("f".into(), noise(50_000, 3), 0o644)],
+        &[TarEntry::File("f".into(), noise(50_000, 3), 0o644)],
         Compression::Zstd,
     );
     let cut = Bytes::copy_from_slice(&full.blob[..full.blob.len() / 2]);
@@ -401,7 +401,7 @@ async fn more_bad_layers_are_refused() {
 #[tokio::test]
 async fn tar_ending_right_after_the_last_file_data_is_accepted() {
     let server = RegistryServer::start();
-    let full = tar(&[
+    let full = tar_bytes(&[
         dir("opt/app/replaced"),
         whiteout("opt/app/replaced/.wh..wh..opq"),
         file("opt/app/replaced/fresh", "fresh\n"),

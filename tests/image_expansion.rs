@@ -22,7 +22,7 @@ use tonic::Code;
 
 use image_common::*;
 use support::fake_http::{FakeHttpServer, Response};
-use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer};
+use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
 use support::registry_server::RegistryServer;
 use support::sha256;
 
@@ -30,7 +30,7 @@ use support::sha256;
 // A three-layer image exercising the layer rules, and the tree layers.md says it gives.
 // ---------------------------------------------------------------------------------------
 
-fn base_layer() -> Vec<Entry> {
+fn base_layer() -> Vec<TarEntry> {
     vec![
         dir("etc"),
         file("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
@@ -40,7 +40,7 @@ fn base_layer() -> Vec<Entry> {
         dir("usr/bin"),
         exe("usr/bin/busybox", "BUSYBOX"),
         // A hard link inside the layer; the header mode is the target's (real producers).
-        Entry::Link("usr/bin/sh".into(), "usr/bin/busybox".into(), 0o755),
+        TarEntry::Link("usr/bin/sh".into(), "usr/bin/busybox".into(), 0o755),
         exe("usr/bin/ls", "LS"),
         symlink("bin", "usr/bin"),
         // Implied parent usr/lib (no directory entry).
@@ -58,7 +58,7 @@ fn base_layer() -> Vec<Entry> {
     ]
 }
 
-fn middle_layer() -> Vec<Entry> {
+fn middle_layer() -> Vec<TarEntry> {
     vec![
         // L-51: a file whiteout, and a whole directory whited out with its subtree.
         whiteout("etc/.wh.hosts"),
@@ -70,9 +70,9 @@ fn middle_layer() -> Vec<Entry> {
         file("lib/libextra.so", "EXTRA"),
         file("etc/passwd", "root:x:0:0::/root:/bin/bash\n"),
         // L-61: hard links to lower-layer files; L-60: exec bit from the link's header.
-        Entry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
+        TarEntry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
         link("etc/group.bak", "etc/group"),
-        Entry::Link("usr/bin/ls-noexec".into(), "usr/bin/ls".into(), 0o644),
+        TarEntry::Link("usr/bin/ls-noexec".into(), "usr/bin/ls".into(), 0o644),
         // L-41: implied parents.
         file("deep/a/b/c/file", "deep"),
         // L-53: whiteout, then a re-add in the same layer holds only the new children.
@@ -83,7 +83,7 @@ fn middle_layer() -> Vec<Entry> {
     ]
 }
 
-fn top_layer() -> Vec<Entry> {
+fn top_layer() -> Vec<TarEntry> {
     vec![
         // L-62: the earlier hard link keeps the old content.
         file("etc/group", "root:x:0:user\n"),
@@ -93,13 +93,13 @@ fn top_layer() -> Vec<Entry> {
         whiteout("bin/.wh.ls"),
         file("tmp/.keep", ""),
         // L-74: devices and FIFOs are omitted; their parent stays.
-        Entry::CharDevice("dev/null".into()),
-        Entry::Fifo("dev/initctl".into()),
+        TarEntry::CharDevice("dev/null".into()),
+        TarEntry::Fifo("dev/initctl".into()),
         // L-62: sh was a copy of busybox, so it keeps the old content.
         exe("usr/bin/busybox", "BUSYBOX2"),
         // L-70: exec if any x bit.
-        Entry::File("usr/bin/group-exec".into(), b"G".to_vec(), 0o610),
-        Entry::File("usr/bin/setuid".into(), b"S".to_vec(), 0o4755),
+        TarEntry::File("usr/bin/group-exec".into(), b"G".to_vec(), 0o610),
+        TarEntry::File("usr/bin/setuid".into(), b"S".to_vec(), 0o4755),
     ]
 }
 
@@ -147,9 +147,9 @@ fn expected_tree() -> Tree {
 
 fn rules_image(flavor: Flavor, compressions: [Compression; 3]) -> Image {
     ImageBuilder::new(flavor)
-        .layer(Layer::new(tar(&base_layer()), compressions[0], flavor))
-        .layer(Layer::new(tar(&middle_layer()), compressions[1], flavor))
-        .layer(Layer::new(tar(&top_layer()), compressions[2], flavor))
+        .layer(Layer::new(tar_bytes(&base_layer()), compressions[0], flavor))
+        .layer(Layer::new(tar_bytes(&middle_layer()), compressions[1], flavor))
+        .layer(Layer::new(tar_bytes(&top_layer()), compressions[2], flavor))
         .build()
 }
 
@@ -258,7 +258,7 @@ async fn a_directory_entry_replaces_a_symlink_and_a_file_replaces_a_directory() 
     let flavor = Flavor::Oci;
     let image = ImageBuilder::new(flavor)
         .layer(Layer::new(
-            tar(&[
+            tar_bytes(&[
                 file("usr/lib/libc.so.6", "LIBC"),
                 symlink("lib", "usr/lib"),
                 file("srv/www/index.html", "hi"),
@@ -268,7 +268,7 @@ async fn a_directory_entry_replaces_a_symlink_and_a_file_replaces_a_directory() 
             flavor,
         ))
         .layer(Layer::new(
-            tar(&[
+            tar_bytes(&[
                 dir("lib"),
                 file("lib/own.so", "OWN"),
                 file("srv", "now a file"),
@@ -316,7 +316,7 @@ async fn multi_arch_index_picks_the_platform() {
             ImageBuilder::new(flavor)
                 .platform("linux", arch, variant)
                 .layer(Layer::new(
-                    tar(&[
+                    tar_bytes(&[
                         file("etc/arch", arch),
                         exe(&format!("usr/bin/tool-{arch}"), arch),
                     ]),
@@ -418,7 +418,7 @@ fn simple_image(marker: &str, shared_base: Option<&Layer>) -> Image {
     let flavor = Flavor::Oci;
     let base = shared_base.cloned().unwrap_or_else(|| {
         Layer::new(
-            tar(&[
+            tar_bytes(&[
                 file("etc/os-release", "ID=test\n"),
                 exe("usr/bin/tool", "TOOL"),
                 symlink("bin", "usr/bin"),
@@ -430,12 +430,12 @@ fn simple_image(marker: &str, shared_base: Option<&Layer>) -> Image {
     ImageBuilder::new(flavor)
         .layer(base)
         .layer(Layer::new(
-            tar(&[file(&format!("app/{marker}"), marker)]),
+            tar_bytes(&[file(&format!("app/{marker}"), marker)]),
             Compression::Zstd,
             flavor,
         ))
         .layer(Layer::new(
-            tar(&[file("data/blob", &marker.repeat(500))]),
+            tar_bytes(&[file("data/blob", &marker.repeat(500))]),
             Compression::None,
             flavor,
         ))
@@ -651,10 +651,10 @@ async fn concurrent_expansions_of_a_cold_image_ingest_each_layer_once() {
     let flavor = Flavor::Oci;
     let layers: Vec<Layer> = (0..4)
         .map(|i| {
-            let entries: Vec<Entry> = (0..50)
+            let entries: Vec<TarEntry> = (0..50)
                 .map(|j| file(&format!("layer{i}/f{j}"), &format!("{i}-{j}").repeat(100)))
                 .collect();
-            Layer::new(tar(&entries), Compression::Gzip, flavor)
+            Layer::new(tar_bytes(&entries), Compression::Gzip, flavor)
         })
         .collect();
     let mut builder = ImageBuilder::new(flavor);
@@ -772,12 +772,12 @@ async fn a_tag_fixed_after_a_failure_is_resolved_again() {
     // process: once the publisher fixes the tag, the next expansion picks it up.
     let server = RegistryServer::start();
     let broken = one_layer(Layer::new(
-        tar(&[file("etc/ok", "ok"), link("etc/link", "etc/missing")]),
+        tar_bytes(&[file("etc/ok", "ok"), link("etc/link", "etc/missing")]),
         Compression::Gzip,
         Flavor::Oci,
     ));
     let fixed = one_layer(Layer::new(
-        tar(&[file("etc/ok", "ok"), link("etc/link", "etc/ok")]),
+        tar_bytes(&[file("etc/ok", "ok"), link("etc/link", "etc/ok")]),
         Compression::Gzip,
         Flavor::Oci,
     ));
@@ -845,9 +845,9 @@ fn blob_path(server: &RegistryServer, digest: &str) -> PathBuf {
 async fn corrupt_blob(compression: Compression, repo: &str) {
     let server = RegistryServer::start();
     let layer = Layer::new(
-        tar(&[
+        tar_bytes(&[
             file("etc/motd", &"x".repeat(4000)),
-            Entry::File("etc/noise".into(), noise(4000), 0o644),
+            TarEntry::File("etc/noise".into(), noise(4000), 0o644),
         ]),
         compression,
         Flavor::Oci,
@@ -897,7 +897,7 @@ async fn corrupt_gzip_blob_is_reported_as_a_digest_mismatch() {
 #[tokio::test]
 async fn wrong_diff_id_is_refused() {
     let server = RegistryServer::start();
-    let layer = Layer::new(tar(&[file("a", "a")]), Compression::Gzip, Flavor::Oci);
+    let layer = Layer::new(tar_bytes(&[file("a", "a")]), Compression::Gzip, Flavor::Oci);
     let wrong = sha256(b"not the tar");
     let image = ImageBuilder::new(Flavor::Oci)
         .layer(layer.clone())
@@ -915,7 +915,7 @@ async fn wrong_diff_id_is_refused() {
 async fn truncated_gzip_is_refused() {
     let server = RegistryServer::start();
     let full = Layer::new(
-        tar(&[file("etc/data", &"0123456789".repeat(2000))]),
+        tar_bytes(&[file("etc/data", &"0123456789".repeat(2000))]),
         Compression::Gzip,
         Flavor::Oci,
     );
@@ -940,9 +940,9 @@ async fn truncated_gzip_is_refused() {
 async fn path_traversal_is_refused() {
     let server = RegistryServer::start();
     let layer = Layer::new(
-        tar(&[
+        tar_bytes(&[
             file("etc/ok", "ok"),
-            Entry::RawName(b"../x".to_vec(), b"escape".to_vec()),
+            TarEntry::RawName(b"../x".to_vec(), b"escape".to_vec()),
         ]),
         Compression::Gzip,
         Flavor::Oci,
@@ -959,7 +959,7 @@ async fn path_traversal_is_refused() {
 async fn hard_link_to_a_missing_target_is_refused() {
     let server = RegistryServer::start();
     let layer = Layer::new(
-        tar(&[file("etc/ok", "ok"), link("etc/link", "etc/missing")]),
+        tar_bytes(&[file("etc/ok", "ok"), link("etc/link", "etc/missing")]),
         Compression::Gzip,
         Flavor::Oci,
     );
@@ -1008,7 +1008,7 @@ async fn hard_link_to_a_missing_target_is_refused() {
 async fn names_that_are_not_utf8_are_refused() {
     let server = RegistryServer::start();
     let layer = Layer::new(
-        tar(&[Entry::RawName(b"etc/caf\xe9".to_vec(), b"latin1".to_vec())]),
+        tar_bytes(&[TarEntry::RawName(b"etc/caf\xe9".to_vec(), b"latin1".to_vec())]),
         Compression::Gzip,
         Flavor::Oci,
     );
@@ -1021,13 +1021,13 @@ async fn layer_over_the_size_limit_is_refused() {
     let server = RegistryServer::start();
     // Incompressible: the blob itself is over the limit.
     let big_blob = Layer::new(
-        tar(&[Entry::File("noise".into(), noise(20_000), 0o644)]),
+        tar_bytes(&[TarEntry::File("noise".into(), noise(20_000), 0o644)]),
         Compression::Gzip,
         Flavor::Oci,
     );
     // Compressible: a small blob that decompresses over the limit.
     let bomb = Layer::new(
-        tar(&[file("zeros", &"\0".repeat(200_000))]),
+        tar_bytes(&[file("zeros", &"\0".repeat(200_000))]),
         Compression::Gzip,
         Flavor::Oci,
     );
@@ -1153,7 +1153,7 @@ fn flaky_registry(image: &Image, drops: usize) -> (FakeHttpServer, Arc<AtomicUsi
 #[tokio::test]
 async fn connection_dropped_mid_blob_is_retried_then_unavailable() {
     let layer = Layer::new(
-        tar(&[Entry::File("noise".into(), noise(200_000), 0o644)]),
+        tar_bytes(&[TarEntry::File("noise".into(), noise(200_000), 0o644)]),
         Compression::Gzip,
         Flavor::Oci,
     );

@@ -18,7 +18,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Instant;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, Layer};
+use support::images::{Compression, Flavor, Image, ImageBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
 use support::registry_server::RegistryServer;
 
 /// A difference between our tree and umoci's that layers.md decides on purpose.
@@ -128,10 +128,10 @@ async fn hand_made_layers_match_umoci() {
         dir("usr"),
         dir("usr/bin"),
         exe("usr/bin/busybox", "BUSYBOX"),
-        Entry::Link("usr/bin/sh".into(), "usr/bin/busybox".into(), 0o755),
+        TarEntry::Link("usr/bin/sh".into(), "usr/bin/busybox".into(), 0o755),
         exe("usr/bin/ls", "LS"),
-        Entry::File("usr/bin/group-exec".into(), b"G".to_vec(), 0o610),
-        Entry::File("usr/bin/setuid".into(), b"S".to_vec(), 0o4755),
+        TarEntry::File("usr/bin/group-exec".into(), b"G".to_vec(), 0o610),
+        TarEntry::File("usr/bin/setuid".into(), b"S".to_vec(), 0o4755),
         symlink("bin", "usr/bin"),
         file("usr/lib/libc.so.6", "LIBC"),
         symlink("usr/lib/libc.so", "libc.so.6"),
@@ -149,13 +149,13 @@ async fn hand_made_layers_match_umoci() {
         symlink("etc/localtime", "/usr/share/zoneinfo/UTC"),
         symlink("dangling", "/does/not/exist"),
         // A hard link to a symlink links the symlink itself (L-60).
-        Entry::Link(
+        TarEntry::Link(
             "usr/lib/libc-link.so".into(),
             "usr/lib/libc.so".into(),
             0o777,
         ),
         // The target's parent resolves through a symlink (L-60, L-42).
-        Entry::Link("etc/ls-via-bin".into(), "bin/ls".into(), 0o755),
+        TarEntry::Link("etc/ls-via-bin".into(), "bin/ls".into(), 0o755),
         // A chain of symlinks with `..` (followed in the middle layer).
         symlink("hop1", "hop2/inner"),
         symlink("hop2", "real"),
@@ -174,7 +174,7 @@ async fn hand_made_layers_match_umoci() {
         // A relative symlink climbing above the root is clamped (L-43).
         file("escape/etc/clamped", "CLAMPED"),
         file("etc/passwd", "root:x:0:0::/root:/bin/bash\n"),
-        Entry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
+        TarEntry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
         link("etc/group.bak", "etc/group"),
         file("deep/a/b/c/file", "deep"),
         whiteout("home/.wh.user"),
@@ -196,10 +196,10 @@ async fn hand_made_layers_match_umoci() {
         whiteout("bin/.wh.ls"),
         file("tmp/.keep", ""),
         exe("usr/bin/busybox", "BUSYBOX2"),
-        Entry::CharDevice("dev/null".into()),
-        Entry::Fifo("run/initctl".into()),
+        TarEntry::CharDevice("dev/null".into()),
+        TarEntry::Fifo("run/initctl".into()),
         // The link header's mode gives the new name's exec bit (L-60).
-        Entry::Link(
+        TarEntry::Link(
             "usr/bin/busybox-noexec".into(),
             "usr/bin/busybox".into(),
             0o644,
@@ -208,11 +208,11 @@ async fn hand_made_layers_match_umoci() {
         whiteout("nowhere/x/.wh.y"),
     ];
     let image = ImageBuilder::new(flavor)
-        .layer(Layer::new(tar(&base), Compression::Gzip, flavor))
+        .layer(Layer::new(tar_bytes(&base), Compression::Gzip, flavor))
         // umoci 0.4.7 refuses zstd layers ("blob is not correct mediatype"): gzip and
         // uncompressed only here; zstd is covered in image_expansion.rs.
-        .layer(Layer::new(tar(&middle), Compression::None, flavor))
-        .layer(Layer::new(tar(&top), Compression::Gzip, flavor))
+        .layer(Layer::new(tar_bytes(&middle), Compression::None, flavor))
+        .layer(Layer::new(tar_bytes(&top), Compression::Gzip, flavor))
         .build();
     let expected = [
         Expected {
@@ -269,7 +269,7 @@ fn host_entries(
     largest: u64,
     budget: u64,
     always: &[&str],
-) -> Vec<Entry> {
+) -> Vec<TarEntry> {
     let mut entries = Vec::new();
     let mut used = 0;
     let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
@@ -310,7 +310,7 @@ fn host_entries(
                 let mode = metadata.permissions().mode() & 0o7777;
                 let inode = (metadata.dev(), metadata.ino());
                 if let Some(first) = inodes.get(&inode) {
-                    entries.push(Entry::Link(relative(&path), first.clone(), mode));
+                    entries.push(TarEntry::Link(relative(&path), first.clone(), mode));
                     continue;
                 }
                 let wanted = always.contains(&name.as_str())
@@ -322,7 +322,7 @@ fn host_entries(
                 if metadata.nlink() > 1 {
                     inodes.insert(inode, relative(&path));
                 }
-                entries.push(Entry::File(
+                entries.push(TarEntry::File(
                     relative(&path),
                     std::fs::read(&path).unwrap(),
                     mode,
@@ -365,7 +365,7 @@ async fn host_userland_matches_umoci() {
     let upgrade = vec![
         // A package removed, one replaced, a configuration directory reset.
         whiteout("usr/bin/.wh.ls"),
-        Entry::File(
+        TarEntry::File(
             "usr/bin/dash".into(),
             b"#!/replaced/by/upgrade\n".to_vec(),
             0o755,
@@ -386,10 +386,10 @@ async fn host_userland_matches_umoci() {
     assert!(count > 1500, "only {count} entries");
     let build_started = Instant::now();
     let image = ImageBuilder::new(flavor)
-        .layer(Layer::new(tar(&base), Compression::Gzip, flavor))
-        .layer(Layer::new(tar(&binaries), Compression::Gzip, flavor))
-        .layer(Layer::new(tar(&libraries), Compression::None, flavor))
-        .layer(Layer::new(tar(&upgrade), Compression::Gzip, flavor))
+        .layer(Layer::new(tar_bytes(&base), Compression::Gzip, flavor))
+        .layer(Layer::new(tar_bytes(&binaries), Compression::Gzip, flavor))
+        .layer(Layer::new(tar_bytes(&libraries), Compression::None, flavor))
+        .layer(Layer::new(tar_bytes(&upgrade), Compression::Gzip, flavor))
         .build();
     let bytes: usize = image.layers.iter().map(|l| l.tar.len()).sum();
     eprintln!(

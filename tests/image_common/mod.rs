@@ -1,8 +1,5 @@
 //! Helpers shared by the image engine's integration tests (`tests/image_*.rs`):
 //!
-//! - [`Entry`] / [`tar`]: layer tars entry by entry, including what the `tar` crate's
-//!   builder refuses to write (`..` in names, names that are not UTF-8), hard links with
-//!   their own mode, devices and FIFOs;
 //! - [`Env`]: an [`ImageExpander`] over in-memory CAS and AC that the test can inspect
 //!   (`remove` a blob, count AC entries), for the registry under test;
 //! - [`Node`] / [`read_tree`] / [`read_directory`]: a tree as a map from path to node,
@@ -10,7 +7,8 @@
 //!   a directory on disk, so trees from different sources compare with `assert_eq!`;
 //! - [`OciLayout`]: an OCI image layout directory written by hand, for `umoci`.
 //!
-//! Use with `mod support; mod image_common;`.
+//! Layer tars are built with `support::images` ([`TarEntry`](crate::support::images::TarEntry),
+//! [`tar_bytes`](crate::support::images::tar_bytes)). Use with `mod support; mod image_common;`.
 
 #![allow(dead_code)]
 
@@ -31,110 +29,6 @@ use bb_container_expander::proto::reapi;
 use bb_container_expander::registry::{OciRegistry, Platform, Registry, RegistryConfiguration};
 use serde_json::{json, Value};
 use tonic::Status;
-
-/// One entry of a layer tar.
-#[derive(Clone, Debug)]
-pub enum Entry {
-    /// Regular file: path, contents, mode.
-    File(String, Vec<u8>, u32),
-    /// Directory (mode 0755).
-    Dir(String),
-    /// Symlink: path, target.
-    Symlink(String, String),
-    /// Hard link: path, target, mode of the link header.
-    Link(String, String, u32),
-    /// Character device (1, 3) like /dev/null.
-    CharDevice(String),
-    /// FIFO.
-    Fifo(String),
-    /// A regular file (mode 0644) whose name bytes are written into the header as they
-    /// are, unchecked: `../x`, names that are not UTF-8.
-    RawName(Vec<u8>, Vec<u8>),
-}
-
-/// A regular file, mode 0644.
-pub fn file(path: &str, contents: &str) -> Entry {
-    Entry::File(path.into(), contents.as_bytes().to_vec(), 0o644)
-}
-
-/// A regular file, mode 0755.
-pub fn exe(path: &str, contents: &str) -> Entry {
-    Entry::File(path.into(), contents.as_bytes().to_vec(), 0o755)
-}
-
-pub fn dir(path: &str) -> Entry {
-    Entry::Dir(path.into())
-}
-
-pub fn symlink(path: &str, target: &str) -> Entry {
-    Entry::Symlink(path.into(), target.into())
-}
-
-/// A hard link whose header mode is 0644.
-pub fn link(path: &str, target: &str) -> Entry {
-    Entry::Link(path.into(), target.into(), 0o644)
-}
-
-/// A whiteout file `.wh.NAME` (what overlay-based producers write), as an empty file.
-pub fn whiteout(path: &str) -> Entry {
-    Entry::File(path.into(), Vec::new(), 0o644)
-}
-
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_size(size);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
-}
-
-/// A tar archive of `entries`, in order, with the end-of-archive blocks.
-pub fn tar(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for entry in entries {
-        match entry {
-            Entry::File(path, data, mode) => {
-                let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64);
-                b.append_data(&mut h, path, data.as_slice()).unwrap();
-            }
-            Entry::Dir(path) => {
-                let mut h = header(tar::EntryType::Directory, 0o755, 0);
-                b.append_data(&mut h, path, std::io::empty()).unwrap();
-            }
-            Entry::Symlink(path, target) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                b.append_link(&mut h, path, target).unwrap();
-            }
-            Entry::Link(path, target, mode) => {
-                let mut h = header(tar::EntryType::Link, *mode, 0);
-                b.append_link(&mut h, path, target).unwrap();
-            }
-            Entry::CharDevice(path) => {
-                let mut h = header(tar::EntryType::Char, 0o666, 0);
-                h.set_device_major(1).unwrap();
-                h.set_device_minor(3).unwrap();
-                b.append_data(&mut h, path, std::io::empty()).unwrap();
-            }
-            Entry::Fifo(path) => {
-                let mut h = header(tar::EntryType::Fifo, 0o644, 0);
-                b.append_data(&mut h, path, std::io::empty()).unwrap();
-            }
-            Entry::RawName(name, data) => {
-                assert!(name.len() < 100, "raw names must fit the header");
-                let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
-                let field = &mut h.as_old_mut().name;
-                field.fill(0);
-                field[..name.len()].copy_from_slice(name);
-                h.set_cksum();
-                b.append(&h, data.as_slice()).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
 
 /// A node of a tree, as a test compares it.
 #[derive(Clone, PartialEq, Eq)]

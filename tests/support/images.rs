@@ -82,7 +82,9 @@ pub enum Compression {
     Zstd,
 }
 
-/// One entry of a layer tar.
+/// One entry of a layer tar. Besides what the `tar` crate's builder writes, it covers what
+/// that builder refuses to (`..` in names, names that are not UTF-8), hard links with their
+/// own header mode, devices and FIFOs.
 #[derive(Clone, Debug)]
 pub enum TarEntry {
     /// A regular file with contents and mode.
@@ -91,8 +93,15 @@ pub enum TarEntry {
     Dir(String, u32),
     /// A symbolic link to a target.
     Symlink(String, String),
-    /// A hard link to an earlier entry.
-    HardLink(String, String),
+    /// A hard link to an earlier entry, with the mode of the link header.
+    Link(String, String, u32),
+    /// A character device (1, 3), like /dev/null.
+    CharDevice(String),
+    /// A FIFO.
+    Fifo(String),
+    /// A regular file (mode 0644) whose name bytes are written into the header as they
+    /// are, unchecked: `../x`, names that are not UTF-8.
+    RawName(Vec<u8>, Vec<u8>),
 }
 
 impl TarEntry {
@@ -102,42 +111,86 @@ impl TarEntry {
     }
 }
 
-/// A tar archive of `entries`, deterministic, with the end-of-archive blocks.
+/// A regular file with text contents, mode 0644.
+pub fn file(path: &str, contents: &str) -> TarEntry {
+    TarEntry::File(path.into(), contents.as_bytes().to_vec(), 0o644)
+}
+
+/// A regular file with text contents, mode 0755.
+pub fn exe(path: &str, contents: &str) -> TarEntry {
+    TarEntry::File(path.into(), contents.as_bytes().to_vec(), 0o755)
+}
+
+/// A directory, mode 0755.
+pub fn dir(path: &str) -> TarEntry {
+    TarEntry::Dir(path.into(), 0o755)
+}
+
+pub fn symlink(path: &str, target: &str) -> TarEntry {
+    TarEntry::Symlink(path.into(), target.into())
+}
+
+/// A hard link whose header mode is 0644.
+pub fn link(path: &str, target: &str) -> TarEntry {
+    TarEntry::Link(path.into(), target.into(), 0o644)
+}
+
+/// A whiteout file `.wh.NAME` (what overlay-based producers write), as an empty file.
+pub fn whiteout(path: &str) -> TarEntry {
+    TarEntry::File(path.into(), Vec::new(), 0o644)
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+/// A tar archive of `entries`, in order, deterministic, with the end-of-archive blocks.
 pub fn tar_bytes(entries: &[TarEntry]) -> Vec<u8> {
+    use tar::EntryType;
     let mut builder = tar::Builder::new(Vec::new());
     for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
         match entry {
             TarEntry::File(path, contents, mode) => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(*mode);
-                header.set_size(contents.len() as u64);
-                builder
-                    .append_data(&mut header, path, contents.as_slice())
-                    .unwrap();
+                let mut h = header(EntryType::Regular, *mode, contents.len() as u64);
+                builder.append_data(&mut h, path, contents.as_slice()).unwrap();
             }
             TarEntry::Dir(path, mode) => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(*mode);
-                header.set_size(0);
-                builder
-                    .append_data(&mut header, path, std::io::empty())
-                    .unwrap();
+                let mut h = header(EntryType::Directory, *mode, 0);
+                builder.append_data(&mut h, path, std::io::empty()).unwrap();
             }
             TarEntry::Symlink(path, target) => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_mode(0o777);
-                header.set_size(0);
-                builder.append_link(&mut header, path, target).unwrap();
+                let mut h = header(EntryType::Symlink, 0o777, 0);
+                builder.append_link(&mut h, path, target).unwrap();
             }
-            TarEntry::HardLink(path, target) => {
-                header.set_entry_type(tar::EntryType::Link);
-                header.set_mode(0o644);
-                header.set_size(0);
-                builder.append_link(&mut header, path, target).unwrap();
+            TarEntry::Link(path, target, mode) => {
+                let mut h = header(EntryType::Link, *mode, 0);
+                builder.append_link(&mut h, path, target).unwrap();
+            }
+            TarEntry::CharDevice(path) => {
+                let mut h = header(EntryType::Char, 0o666, 0);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+                builder.append_data(&mut h, path, std::io::empty()).unwrap();
+            }
+            TarEntry::Fifo(path) => {
+                let mut h = header(EntryType::Fifo, 0o644, 0);
+                builder.append_data(&mut h, path, std::io::empty()).unwrap();
+            }
+            TarEntry::RawName(name, data) => {
+                assert!(name.len() < 100, "raw names must fit the header");
+                let mut h = header(EntryType::Regular, 0o644, data.len() as u64);
+                let field = &mut h.as_old_mut().name;
+                field.fill(0);
+                field[..name.len()].copy_from_slice(name);
+                h.set_cksum();
+                builder.append(&h, data.as_slice()).unwrap();
             }
         }
     }
