@@ -38,54 +38,60 @@ async fn refused_request(
     status
 }
 
-#[tokio::test]
-async fn malformed_reference_is_invalid_argument() {
-    let cluster = Cluster::start().await;
-    let expander = cluster.expander("{}").await;
-    let reference = format!("docker://{}/test/x@sha256:1234", cluster.registry.host());
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction::with_images(&[&reference]),
-    )
-    .await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with(&format!("Failed to expand image {reference}: ")),
-        "{status:?}"
-    );
-    assert!(
-        status.message().contains("Invalid image reference"),
-        "{status:?}"
-    );
-    expander.stop().await;
+/// Asserts that `status` has `code`, a message that starts with `prefix` and contains
+/// every one of `parts`.
+fn assert_refusal(status: &tonic::Status, code: Code, prefix: &str, parts: &[&str]) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().starts_with(prefix), "{status:?}");
+    for part in parts {
+        assert!(status.message().contains(part), "{status:?}");
+    }
+}
+
+/// The prefix of every refusal to expand `reference`.
+fn expand_failure(reference: &str) -> String {
+    format!("Failed to expand image {reference}: ")
+}
+
+/// Executes an action that names `reference` only; expects a refusal.
+async fn refused_image(cluster: &Cluster, expander: &Expander, reference: &str) -> tonic::Status {
+    refused(cluster, expander, &ClientAction::with_images(&[reference])).await
 }
 
 #[tokio::test]
-async fn registry_that_is_not_allowed_is_permission_denied() {
+async fn images_that_cannot_be_expanded_are_refused_with_the_code_of_the_cause() {
     let cluster = Cluster::start().await;
-    let expander = cluster.expander("{}").await;
-    let reference = "docker://registry.example.com/test/x:v1";
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction::with_images(&[reference]),
-    )
-    .await;
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with(&format!("Failed to expand image {reference}: ")),
-        "{status:?}"
-    );
-    assert!(
-        status.message().contains("registry.example.com"),
-        "{status:?}"
-    );
-    expander.stop().await;
+    cluster.push("test/base", "v1", &base_image()).await;
+    // (configuration, reference, code, what the message names)
+    let cases = [
+        // A malformed reference is the client's mistake.
+        (
+            "{}",
+            format!("docker://{}/test/x@sha256:1234", cluster.registry.host()),
+            Code::InvalidArgument,
+            "Invalid image reference",
+        ),
+        // So is a registry that is not allowed.
+        (
+            "{}",
+            "docker://registry.example.com/test/x:v1".to_string(),
+            Code::PermissionDenied,
+            "registry.example.com",
+        ),
+        // An image larger than the limit.
+        (
+            "{ maximumImageSizeBytes: '100' }",
+            cluster.reference("test/base:v1"),
+            Code::ResourceExhausted,
+            "exceeds the maximum image size of 100 bytes",
+        ),
+    ];
+    for (configuration, reference, code, cause) in cases {
+        let expander = cluster.expander(configuration).await;
+        let status = refused_image(&cluster, &expander, &reference).await;
+        assert_refusal(&status, code, &expand_failure(&reference), &[cause]);
+        expander.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -97,19 +103,13 @@ async fn missing_image_is_failed_precondition() {
         cluster.reference("test/missing:v1"),
         cluster.reference("test/base:no-such-tag"),
     ] {
-        let status = refused(
-            &cluster,
-            &expander,
-            &ClientAction::with_images(&[&reference]),
-        )
-        .await;
+        let status = refused_image(&cluster, &expander, &reference).await;
         // Not NOT_FOUND: on an Execute stream that reads as "operation not found".
-        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-        assert!(
-            status
-                .message()
-                .starts_with(&format!("Failed to expand image {reference}: ")),
-            "{status:?}"
+        assert_refusal(
+            &status,
+            Code::FailedPrecondition,
+            &expand_failure(&reference),
+            &[],
         );
         assert!(
             missing_blobs_of(&status).is_empty(),
@@ -141,50 +141,16 @@ async fn wrong_registry_credentials_are_permission_denied() {
         })
         .await;
     let reference = format!("docker://{}/test/private:v1", private.host());
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction::with_images(&[&reference]),
-    )
-    .await;
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with(&format!("Failed to expand image {reference}: ")),
-        "{status:?}"
+    let status = refused_image(&cluster, &expander, &reference).await;
+    assert_refusal(
+        &status,
+        Code::PermissionDenied,
+        &expand_failure(&reference),
+        &[],
     );
     assert!(
         !status.message().contains("wrong"),
         "no secrets in messages: {status:?}"
-    );
-    expander.stop().await;
-}
-
-#[tokio::test]
-async fn image_larger_than_the_limit_is_refused() {
-    let cluster = Cluster::start().await;
-    cluster.push("test/base", "v1", &base_image()).await;
-    let expander = cluster.expander("{ maximumImageSizeBytes: '100' }").await;
-    let reference = cluster.reference("test/base:v1");
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction::with_images(&[&reference]),
-    )
-    .await;
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with(&format!("Failed to expand image {reference}: ")),
-        "{status:?}"
-    );
-    assert!(
-        status
-            .message()
-            .contains("exceeds the maximum image size of 100 bytes"),
-        "{status:?}"
     );
     expander.stop().await;
 }
@@ -209,19 +175,13 @@ async fn image_without_usr_bin_env_is_failed_precondition() {
         ("test/noexec:v1", "is a file that is not executable"),
     ] {
         let reference = cluster.reference(name);
-        let status = refused(
-            &cluster,
-            &expander,
-            &ClientAction::with_images(&[&reference]),
-        )
-        .await;
-        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-        assert!(
-            status.message().contains(&format!("Image {reference} ")),
-            "{status:?}"
+        let status = refused_image(&cluster, &expander, &reference).await;
+        assert_refusal(
+            &status,
+            Code::FailedPrecondition,
+            "",
+            &[&format!("Image {reference} "), "MissingUsrBinEnv", problem],
         );
-        assert!(status.message().contains("MissingUsrBinEnv"), "{status:?}");
-        assert!(status.message().contains(problem), "{status:?}");
         assert!(missing_blobs_of(&status).is_empty());
     }
     expander.stop().await;
@@ -282,62 +242,43 @@ async fn paths_the_image_blocks_are_invalid_argument() {
     let cluster = Cluster::start().await;
     cluster.push("test/base", "v1", &base_image()).await;
     let reference = cluster.reference("test/base:v1");
-    let expander = cluster.expander("{}").await;
-    // A working directory that exists nowhere.
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction {
-            working_directory: "nowhere".into(),
-            ..ClientAction::with_images(&[&reference])
-        },
-    )
-    .await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with("Invalid working directory: WorkingDirectoryNotFound"),
-        "{status:?}"
-    );
-    assert!(status.message().contains("\"nowhere\""), "{status:?}");
-    // An output whose parent is the image's `lib` symlink.
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction {
-            working_directory: String::new(),
-            output_paths: vec!["lib/out.so".into()],
-            ..ClientAction::with_images(&[&reference])
-        },
-    )
-    .await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with("Invalid output path: OutputPathBlockedByImage"),
-        "{status:?}"
-    );
-    assert!(status.message().contains("\"lib\""), "{status:?}");
-    expander.stop().await;
-
-    // A graft directory that goes through the image's `lib` symlink.
-    let expander = cluster.expander("{ inputRootDirectory: 'lib/exec' }").await;
-    let status = refused(
-        &cluster,
-        &expander,
-        &ClientAction::with_images(&[&reference]),
-    )
-    .await;
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status
-            .message()
-            .starts_with("Failed to merge the input root with the image: MountPathThroughSymlink"),
-        "{status:?}"
-    );
-    expander.stop().await;
+    // (configuration, action, message prefix, what the message names)
+    let cases = [
+        // A working directory that exists nowhere.
+        (
+            "{}",
+            ClientAction {
+                working_directory: "nowhere".into(),
+                ..ClientAction::with_images(&[&reference])
+            },
+            "Invalid working directory: WorkingDirectoryNotFound",
+            "\"nowhere\"",
+        ),
+        // An output whose parent is the image's `lib` symlink.
+        (
+            "{}",
+            ClientAction {
+                working_directory: String::new(),
+                output_paths: vec!["lib/out.so".into()],
+                ..ClientAction::with_images(&[&reference])
+            },
+            "Invalid output path: OutputPathBlockedByImage",
+            "\"lib\"",
+        ),
+        // A graft directory that goes through the image's `lib` symlink.
+        (
+            "{ inputRootDirectory: 'lib/exec' }",
+            ClientAction::with_images(&[&reference]),
+            "Failed to merge the input root with the image: MountPathThroughSymlink",
+            "",
+        ),
+    ];
+    for (configuration, action, prefix, names) in cases {
+        let expander = cluster.expander(configuration).await;
+        let status = refused(&cluster, &expander, &action).await;
+        assert_refusal(&status, Code::InvalidArgument, prefix, &[names]);
+        expander.stop().await;
+    }
 }
 
 #[tokio::test]

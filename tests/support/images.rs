@@ -159,7 +159,9 @@ pub fn tar_bytes(entries: &[TarEntry]) -> Vec<u8> {
         match entry {
             TarEntry::File(path, contents, mode) => {
                 let mut h = header(EntryType::Regular, *mode, contents.len() as u64);
-                builder.append_data(&mut h, path, contents.as_slice()).unwrap();
+                builder
+                    .append_data(&mut h, path, contents.as_slice())
+                    .unwrap();
             }
             TarEntry::Dir(path, mode) => {
                 let mut h = header(EntryType::Directory, *mode, 0);
