@@ -155,18 +155,22 @@ impl ImageExpander {
         reference: &str,
         platform: &Platform,
     ) -> Result<ExpandedImage, Status> {
-        self.expand_unwrapped(instance, reference, platform)
-            .await
-            .map_err(|s| wrap(s, format!("Failed to expand image {reference}")))
+        let expanded = match Reference::parse(reference) {
+            Ok(parsed) => self.expand_reference(instance, &parsed, platform).await,
+            Err(status) => Err(status),
+        };
+        expanded.map_err(|s| wrap(s, format!("Failed to expand image {reference}")))
     }
 
-    async fn expand_unwrapped(
+    /// Expands a parsed `reference` for `platform`. Errors carry no context: the caller
+    /// names the image as its client wrote it.
+    pub async fn expand_reference(
         &self,
         instance: &Instance,
-        text: &str,
+        reference: &Reference,
         platform: &Platform,
     ) -> Result<ExpandedImage, Status> {
-        let reference = Reference::parse(text)?;
+        let reference = reference.clone();
         self.registry.check_allowed(&reference)?;
         if self.options.reject_tags && reference.digest().is_none() {
             return Err(Status::invalid_argument(
