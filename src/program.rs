@@ -10,7 +10,7 @@
 //! - `grpc.health.v1.Health`.
 
 use crate::action::results::ResultMapper;
-use crate::action::ActionRewriter;
+use crate::action::{new_action_rewriter_from_configuration, ActionRewriter};
 use crate::blobstore::configuration::{
     new_action_cache_from_configuration, new_content_addressable_storage_from_configuration,
 };
@@ -18,7 +18,7 @@ use crate::config::ApplicationConfiguration;
 use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
-use crate::image::{new_image_expander_from_configuration, DirectoryCache};
+use crate::image::new_image_expander_from_configuration;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
@@ -57,13 +57,12 @@ impl Program {
             ac.clone(),
             maximum_message_size,
         )?;
-        let directories =
-            DirectoryCache::new(images.directory_cache_size_bytes.unwrap_or(256 << 20));
-        let rewriter = Arc::new(ActionRewriter::new(
+        let rewriter = new_action_rewriter_from_configuration(
+            images,
             expander,
-            directories,
-            images.rewrite_options(maximum_message_size),
-        ));
+            cas.clone(),
+            maximum_message_size,
+        );
         let execution = match &config.scheduler {
             Some(scheduler) => {
                 let channel = new_channel_from_configuration(scheduler)

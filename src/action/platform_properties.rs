@@ -1,29 +1,18 @@
-//! Platform properties of a rewritten action: which `container-image` values an action
-//! names, which OCI platform it wants, and the property list forwarded in its place.
+//! Platform properties of a rewritten action: which OCI platform it wants, and the
+//! property list forwarded in its place (which image references an action names is
+//! `images.rs`'s job).
 //!
 //! bb_scheduler requires the properties to be strictly increasing by (name, value), in
-//! byte order, and matches them exactly against what workers advertise (reapi.md R-11).
-//! The rewritten list therefore drops every image property, adds the configured ones,
-//! sorts and removes exact duplicates.
+//! byte order, and matches them exactly against what workers advertise. The rewritten
+//! list therefore drops every image property, adds the configured ones, sorts and
+//! removes exact duplicates.
 
 use crate::proto::reapi;
 use crate::registry::Platform;
 use tonic::Status;
 
-/// The image references of `platform`, in the order they appear, for any of `names`.
-pub fn image_references(platform: Option<&reapi::Platform>, names: &[String]) -> Vec<String> {
-    platform
-        .map(|p| {
-            p.properties
-                .iter()
-                .filter(|property| names.contains(&property.name))
-                .map(|property| property.value.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The OCI platform the REAPI `OSFamily` and `ISA` properties ask for (layers.md L-14).
+/// The OCI platform the REAPI `OSFamily` and `ISA` properties ask for (`default` for
+/// what they leave open).
 pub fn wanted_platform(
     platform: Option<&reapi::Platform>,
     default: &Platform,
@@ -76,22 +65,6 @@ mod tests {
                 })
                 .collect(),
         }
-    }
-
-    #[test]
-    fn collects_images_in_order_for_every_configured_name() {
-        let platform = p(&[
-            ("OSFamily", "linux"),
-            ("container-image", "docker://a/b:1"),
-            ("container-image", "docker://a/c:2"),
-            ("image", "docker://x/y:3"),
-        ]);
-        let names = vec!["container-image".to_string(), "image".to_string()];
-        assert_eq!(
-            image_references(Some(&platform), &names),
-            vec!["docker://a/b:1", "docker://a/c:2", "docker://x/y:3"]
-        );
-        assert!(image_references(None, &names).is_empty());
     }
 
     #[test]

@@ -226,7 +226,6 @@ impl ExpandingExecution {
                         tracing::warn!(
                             "Scheduler reports missing blobs for a rewritten action; expanding again: {missing}"
                         );
-                        self.rewriter.expander().forget_local_caches();
                         self.rewriter.forget_local_caches();
                         retried = true;
                     }
