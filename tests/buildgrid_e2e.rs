@@ -352,7 +352,7 @@ async fn bazel_through_buildgrid_runs_in_the_image_and_hits_the_cache_after_clea
     let (ok, output) = bazel.run(&build(&absent)).await;
     assert!(!ok, "a build with a missing image succeeded:\n{output}");
     // FAILED_PRECONDITION, not NOT_FOUND: the missing image is the client's to fix
-    // (`image_error` in src/action/rewriter.rs).
+    // (`image_error` in src/action/images.rs).
     let error = output
         .lines()
         .find(|line| line.contains("FAILED_PRECONDITION: "))

@@ -3,9 +3,9 @@
 //! (step 3 of docs/how-it-works.md).
 //!
 //! A value that is not a valid reference is not refused on the spot: it is kept as a
-//! parse error naming its property and reported in its place in the list, so that a
-//! missing Command, a bad `ISA` and the images before it are reported first, as when
-//! references were parsed by the expander.
+//! parse error naming its property and reported in its place in the list, as if its
+//! expansion had failed. A missing Command, a bad `ISA` and the errors of the images
+//! before it are therefore reported first, whatever kind of error each image has.
 
 use crate::blobstore::Instance;
 use crate::image::{ExpandedImage, ImageExpander};
