@@ -5,6 +5,7 @@
 //! only `""` by default): Execute and GetCapabilities for any other fail with
 //! INVALID_ARGUMENT.
 
+use super::scheduler::{InstanceNames, Recorder};
 use crate::proto::longrunning::Operation;
 use crate::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
 use crate::proto::reapi::execution_server::{Execution, ExecutionServer};
@@ -16,7 +17,7 @@ use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 /// What the fake received.
@@ -62,50 +63,38 @@ impl Default for Script {
 
 #[derive(Clone)]
 struct Fake {
-    log: Arc<Mutex<FakeSchedulerLog>>,
+    log: Recorder<FakeSchedulerLog>,
     script: Arc<Mutex<Script>>,
-    changed: Arc<Notify>,
     capabilities: ServerCapabilities,
 }
 
 impl Fake {
     fn check_instance_name(&self, instance_name: &str) -> Result<(), Status> {
-        let served = self.script.lock().instance_names.clone();
-        if served.iter().any(|name| name == instance_name) {
-            Ok(())
-        } else {
-            Err(Status::invalid_argument(format!(
-                "Invalid instance name: {instance_name:?} (this scheduler serves {served:?})"
-            )))
-        }
+        InstanceNames::new(&self.script.lock().instance_names).check(instance_name)
     }
 
     fn stream(&self) -> BoxStream<'static, Result<Operation, Status>> {
         let script = self.script.lock().clone();
         let (tx, rx) = mpsc::channel(1);
         let log = self.log.clone();
-        let changed = self.changed.clone();
         tokio::spawn(async move {
             for op in script.operations {
                 tokio::time::sleep(script.interval).await;
                 if tx.send(Ok(op)).await.is_err() {
-                    log.lock().cancelled_streams += 1;
-                    changed.notify_waiters();
+                    log.record(|l| l.cancelled_streams += 1);
                     return;
                 }
             }
             if script.hold_open {
                 tx.closed().await;
-                log.lock().cancelled_streams += 1;
-                changed.notify_waiters();
+                log.record(|l| l.cancelled_streams += 1);
             }
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     fn record(&self, f: impl FnOnce(&mut FakeSchedulerLog)) {
-        f(&mut self.log.lock());
-        self.changed.notify_waiters();
+        self.log.record(f);
     }
 }
 
@@ -189,7 +178,6 @@ impl FakeScheduler {
         let fake = Fake {
             log: Default::default(),
             script: Arc::new(Mutex::new(script)),
-            changed: Default::default(),
             capabilities: ServerCapabilities {
                 execution_capabilities: Some(crate::proto::reapi::ExecutionCapabilities {
                     exec_enabled: true,
@@ -234,18 +222,10 @@ impl FakeScheduler {
 
     /// Waits until `condition` holds on the log (or panics after `limit`).
     pub async fn wait_until(&self, limit: Duration, condition: impl Fn(&FakeSchedulerLog) -> bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.fake.changed.notified();
-            if condition(&self.fake.log.lock()) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err()
-                && !condition(&self.fake.log.lock())
-            {
-                panic!("condition on the fake scheduler not met within {limit:?}");
-            }
-        }
+        self.fake
+            .log
+            .wait_until("fake scheduler", limit, condition)
+            .await
     }
 
     /// Stops serving abruptly, dropping every connection and stream.

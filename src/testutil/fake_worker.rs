@@ -31,10 +31,10 @@
 //! assert_eq!(worker.log().executions[0].file("etc/os-release"), Some(&b"ID=test\n"[..]));
 //! ```
 
+use super::scheduler::{final_operation, stage_operation, InstanceNames, Recorder};
 use crate::blobstore::{get_message, ActionCache, ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
-use crate::proto::longrunning::{operation, Operation};
-use crate::proto::protobuf::Any;
+use crate::proto::longrunning::Operation;
 use crate::proto::reapi;
 use crate::proto::reapi::execution_server::{Execution, ExecutionServer};
 use crate::proto::reapi::{ExecuteRequest, WaitExecutionRequest};
@@ -46,13 +46,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tonic::{Code, Request, Response, Status};
-
-const EXECUTE_OPERATION_METADATA: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
-const EXECUTE_RESPONSE: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
 
 /// Name the worker puts in `ExecutedActionMetadata.worker`.
 pub const WORKER_NAME: &str = "fake-worker";
@@ -153,48 +147,11 @@ struct Worker {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Option<Arc<dyn ActionCache>>,
     /// The instance names served.
-    instance_names: Arc<Vec<String>>,
-    log: Arc<Mutex<FakeWorkerLog>>,
+    instance_names: Arc<InstanceNames>,
+    log: Recorder<FakeWorkerLog>,
     behaviour: Arc<Mutex<WorkerBehaviour>>,
     /// Final operations by name, for WaitExecution.
     completed: Arc<Mutex<HashMap<String, Operation>>>,
-    changed: Arc<Notify>,
-}
-
-fn stage_operation(
-    name: &str,
-    digest: &reapi::Digest,
-    stage: reapi::execution_stage::Value,
-) -> Operation {
-    let metadata = reapi::ExecuteOperationMetadata {
-        stage: stage as i32,
-        action_digest: Some(digest.clone()),
-        ..Default::default()
-    };
-    Operation {
-        name: name.to_string(),
-        metadata: Some(Any {
-            type_url: EXECUTE_OPERATION_METADATA.into(),
-            value: metadata.encode_to_vec(),
-        }),
-        done: false,
-        result: None,
-    }
-}
-
-fn final_operation(
-    name: &str,
-    digest: &reapi::Digest,
-    response: reapi::ExecuteResponse,
-) -> Operation {
-    Operation {
-        done: true,
-        result: Some(operation::Result::Response(Any {
-            type_url: EXECUTE_RESPONSE.into(),
-            value: response.encode_to_vec(),
-        })),
-        ..stage_operation(name, digest, reapi::execution_stage::Value::Completed)
-    }
 }
 
 /// A `google.rpc.Status` FAILED_PRECONDITION with a PreconditionFailure for `missing`.
@@ -205,8 +162,7 @@ fn missing_status(message: &str, missing: &[reapi::Digest]) -> crate::proto::rpc
 
 impl Worker {
     fn record(&self, f: impl FnOnce(&mut FakeWorkerLog)) {
-        f(&mut self.log.lock());
-        self.changed.notify_waiters();
+        self.log.record(f);
     }
 
     /// Walks the input root; returns the nodes, or the blobs that are missing.
@@ -290,12 +246,7 @@ impl Worker {
             .action_digest
             .clone()
             .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
-        if !self.instance_names.contains(&request.instance_name) {
-            return Err(Status::invalid_argument(format!(
-                "Invalid instance name: {:?} (this scheduler serves {:?})",
-                request.instance_name, self.instance_names
-            )));
-        }
+        self.instance_names.check(&request.instance_name)?;
         let function = DigestFunction::from_request(request.digest_function, &digest.hash)?;
         let instance = Instance::new(request.instance_name.clone(), function);
         let behaviour = {
@@ -505,11 +456,10 @@ impl FakeWorker {
         let worker = Worker {
             cas,
             ac,
-            instance_names: Arc::new(instance_names.iter().map(|s| s.to_string()).collect()),
+            instance_names: Arc::new(InstanceNames::new(instance_names)),
             log: Default::default(),
             behaviour: Default::default(),
             completed: Default::default(),
-            changed: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -553,18 +503,10 @@ impl FakeWorker {
 
     /// Waits until `condition` holds on the log (or panics after `limit`).
     pub async fn wait_until(&self, limit: Duration, condition: impl Fn(&FakeWorkerLog) -> bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.worker.changed.notified();
-            if condition(&self.worker.log.lock()) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err()
-                && !condition(&self.worker.log.lock())
-            {
-                panic!("condition on the fake worker not met within {limit:?}");
-            }
-        }
+        self.worker
+            .log
+            .wait_until("fake worker", limit, condition)
+            .await
     }
 }
 

@@ -10,7 +10,9 @@
 //! CAS; a successful cacheable result goes to the Action Cache under the digest the
 //! worker received. Operations are streamed as QUEUED, EXECUTING, then a done operation
 //! with the ExecuteResponse; WaitExecution follows an operation by name. Like a real
-//! scheduler it serves only the instance names it was started with.
+//! scheduler it serves only the instance names it was started with. The instance-name
+//! check and the operations are those of every scheduler fake
+//! (`bb_container_expander::testutil::scheduler`); this one differs in its runner.
 //!
 //! chroot(2) needs root (CI runs as root). Every action run is recorded, so tests can
 //! check what reached the worker.
@@ -25,11 +27,11 @@ use bb_container_expander::blobstore::{
     get_message, ActionCache, ContentAddressableStorage, Instance,
 };
 use bb_container_expander::digest::{encode_message, DigestFunction};
-use bb_container_expander::proto::longrunning::{operation, Operation};
-use bb_container_expander::proto::protobuf::Any;
+use bb_container_expander::proto::longrunning::Operation;
 use bb_container_expander::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
 use bb_container_expander::proto::reapi::execution_server::{Execution, ExecutionServer};
 use bb_container_expander::proto::{reapi, rpc};
+use bb_container_expander::testutil::scheduler::{final_operation, stage_operation, InstanceNames};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use parking_lot::Mutex;
@@ -45,10 +47,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Code, Request, Response, Status};
 
-const EXECUTE_OPERATION_METADATA: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
-const EXECUTE_RESPONSE: &str =
-    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
 /// Name reported in `ExecutedActionMetadata.worker`.
 pub const WORKER_NAME: &str = "bb-container-expander-test-chroot-worker";
 /// Timeout of actions that set none.
@@ -70,7 +68,7 @@ struct State {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     /// The instance names served.
-    instance_names: Vec<String>,
+    instance_names: InstanceNames,
     build_directory: tempfile::TempDir,
     next_id: AtomicU64,
     operations: Mutex<HashMap<String, watch::Receiver<Operation>>>,
@@ -98,7 +96,7 @@ impl ChrootWorker {
         let state = Arc::new(State {
             cas,
             ac,
-            instance_names: instance_names.iter().map(|s| s.to_string()).collect(),
+            instance_names: InstanceNames::new(instance_names),
             build_directory: tempfile::tempdir().expect("build directory"),
             next_id: AtomicU64::new(1),
             operations: Mutex::new(HashMap::new()),
@@ -155,33 +153,6 @@ impl Drop for ChrootWorker {
 #[derive(Clone)]
 struct Handler(Arc<State>);
 
-fn operation(
-    name: &str,
-    stage: reapi::execution_stage::Value,
-    action_digest: &reapi::Digest,
-    response: Option<reapi::ExecuteResponse>,
-) -> Operation {
-    let metadata = reapi::ExecuteOperationMetadata {
-        stage: stage as i32,
-        action_digest: Some(action_digest.clone()),
-        ..Default::default()
-    };
-    Operation {
-        name: name.to_string(),
-        metadata: Some(Any {
-            type_url: EXECUTE_OPERATION_METADATA.into(),
-            value: metadata.encode_to_vec(),
-        }),
-        done: response.is_some(),
-        result: response.map(|r| {
-            operation::Result::Response(Any {
-                type_url: EXECUTE_RESPONSE.into(),
-                value: r.encode_to_vec(),
-            })
-        }),
-    }
-}
-
 /// Streams the states of an operation until it is done.
 fn follow(
     mut receiver: watch::Receiver<Operation>,
@@ -217,12 +188,7 @@ impl Execution for Handler {
             .action_digest
             .clone()
             .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
-        if !self.0.instance_names.contains(&request.instance_name) {
-            return Err(Status::invalid_argument(format!(
-                "Invalid instance name: {:?} (this scheduler serves {:?})",
-                request.instance_name, self.0.instance_names
-            )));
-        }
+        self.0.instance_names.check(&request.instance_name)?;
         let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
         function.validate(&action_digest)?;
         let instance = Instance::new(request.instance_name.clone(), function);
@@ -231,11 +197,10 @@ impl Execution for Handler {
             "{}operations/chroot-worker-{id}",
             instance_prefix(&request.instance_name)
         );
-        let (sender, receiver) = watch::channel(operation(
+        let (sender, receiver) = watch::channel(stage_operation(
             &name,
-            reapi::execution_stage::Value::Queued,
             &action_digest,
-            None,
+            reapi::execution_stage::Value::Queued,
         ));
         self.0
             .operations
@@ -243,19 +208,13 @@ impl Execution for Handler {
             .insert(name.clone(), receiver.clone());
         let state = self.0.clone();
         tokio::spawn(async move {
-            let _ = sender.send(operation(
+            let _ = sender.send(stage_operation(
                 &name,
-                reapi::execution_stage::Value::Executing,
                 &action_digest,
-                None,
+                reapi::execution_stage::Value::Executing,
             ));
             let response = state.run(&instance, &action_digest, id).await;
-            let _ = sender.send(operation(
-                &name,
-                reapi::execution_stage::Value::Completed,
-                &action_digest,
-                Some(response),
-            ));
+            let _ = sender.send(final_operation(&name, &action_digest, response));
         });
         Ok(Response::new(follow(receiver)))
     }
