@@ -5,13 +5,22 @@
 //! written only once the source succeeded (everything the entry points to is stored by
 //! then): a failure leaves no record behind.
 //!
-//! A record whose message is gone from the CAS is treated as absent and rebuilt
-//! ([`Origin::Rebuilt`]). This decorator does not check the blobs the record refers to:
-//! `completeness_checking_source.rs` does, above it.
+//! A record is never trusted: one whose message is gone from the CAS, does not decode,
+//! or does not answer the request (`record_validation.rs`) is treated as absent, logged
+//! with its key and the reason, counted in `cache_records_rejected_total`, rebuilt
+//! ([`Origin::Rebuilt`]) and overwritten. This decorator does not check that the blobs
+//! the record refers to are present: `completeness_checking_source.rs` does, above it.
+//!
+//! Recording is best-effort for the answer: the answer was built and stored by the
+//! source, so a failure to write its record is logged and counted
+//! (`cache_record_writes_total{result="failed"}`) and the answer returned all the same;
+//! the next request that misses tries to write the record again.
 
 use super::fake_action::{read_record, write_record};
+use super::metrics;
+use super::record_validation::ValidatesRecord;
 use super::stage::{Origin, StageRequest, StageResponse};
-use crate::blobstore::{get_message, put_message, ActionCache, ContentAddressableStorage};
+use crate::blobstore::{put_message, ActionCache, ContentAddressableStorage};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -55,34 +64,86 @@ pub struct ActionCachingSource<S> {
 enum Lookup<T> {
     Found(T),
     Absent,
-    /// An entry whose record message is gone from the CAS.
+    /// An entry that cannot be used: its record message is gone from the CAS, or it
+    /// does not decode, or does not answer the request.
     Unusable,
 }
 
 impl<S> ActionCachingSource<S> {
-    async fn lookup<P, R: StageResponse>(
-        &self,
-        request: &StageRequest<P>,
-    ) -> Result<Lookup<R::Record>, Status> {
+    async fn lookup<P, R>(&self, request: &StageRequest<P>) -> Result<Lookup<R::Record>, Status>
+    where
+        P: ValidatesRecord<R::Record>,
+        R: StageResponse,
+    {
         let Some(entry) = read_record(&*self.ac, &request.instance, &request.key).await? else {
             return Ok(Lookup::Absent);
         };
         let Some(blob) = entry.output(R::OUTPUT) else {
-            return Ok(Lookup::Absent);
+            return Ok(reject(request, "unusable", "it has no record output"));
         };
-        match get_message(&*self.cas, &request.instance, blob).await {
-            Ok(record) => Ok(Lookup::Found(record)),
-            Err(s) if s.code() == Code::NotFound => Ok(Lookup::Unusable),
-            Err(s) => Err(s),
+        if let Err(s) = request.instance.digest_function.validate(blob) {
+            let reason = format!("its record digest is malformed: {}", s.message());
+            return Ok(reject(request, "unusable", &reason));
+        }
+        let data = match self.cas.get(&request.instance, blob).await {
+            Ok(data) => data,
+            Err(s) if s.code() == Code::NotFound => return Ok(Lookup::Unusable),
+            Err(s) => return Err(s),
+        };
+        let record = match <R::Record as prost::Message>::decode(data) {
+            Ok(record) => record,
+            Err(e) => {
+                let reason = format!("its record does not decode: {e}");
+                return Ok(reject(request, "undecodable", &reason));
+            }
+        };
+        match request.payload.validate(&request.instance, &record) {
+            Ok(()) => Ok(Lookup::Found(record)),
+            Err(reason) => Ok(reject(request, "invalid", &reason)),
         }
     }
+
+    /// Writes the record of an answer; failures are logged and counted, not returned.
+    async fn record<P, R: StageResponse>(&self, request: &StageRequest<P>, response: &R) {
+        let (instance, key) = (&request.instance, &request.key);
+        let result = async {
+            let blob = put_message(&*self.cas, instance, &**response.record()).await?;
+            let outputs = vec![(R::OUTPUT.to_string(), blob)];
+            write_record(&*self.cas, &*self.ac, instance, key, outputs).await
+        }
+        .await;
+        metrics::record_write(key.step.name(), result.is_ok());
+        if let Err(s) = result {
+            tracing::warn!(
+                "Failed to record {} {} in instance {:?} (the answer is used all the same; \
+                 the next miss records it again): {}",
+                key.step.name(),
+                crate::digest::display(&key.digest),
+                instance.name,
+                s.message()
+            );
+        }
+    }
+}
+
+/// A record found but not usable: logged with its key and the reason, counted, and
+/// treated as a miss.
+fn reject<P, T>(request: &StageRequest<P>, reason_label: &str, reason: &str) -> Lookup<T> {
+    metrics::record_rejected(request.key.step.name(), reason_label);
+    tracing::warn!(
+        "Ignoring {} record {} of instance {:?}, which will be rebuilt: {reason}",
+        request.key.step.name(),
+        crate::digest::display(&request.key.digest),
+        request.instance.name
+    );
+    Lookup::Unusable
 }
 
 impl<S, P, R> Service<StageRequest<P>> for ActionCachingSource<S>
 where
     S: Service<StageRequest<P>, Response = R, Error = Status> + Clone + Send + Sync + 'static,
     S::Future: Send,
-    P: Clone + Send + Sync + 'static,
+    P: ValidatesRecord<R::Record> + Clone + Send + Sync + 'static,
     R: StageResponse,
 {
     type Response = R;
@@ -107,11 +168,8 @@ where
                     Lookup::Unusable => origin = Origin::Rebuilt,
                 }
             }
-            let (instance, key) = (request.instance.clone(), request.key.clone());
-            let response = this.inner.oneshot(request).await?;
-            let blob = put_message(&*this.cas, &instance, &**response.record()).await?;
-            let outputs = vec![(R::OUTPUT.to_string(), blob)];
-            write_record(&*this.cas, &*this.ac, &instance, &key, outputs).await?;
+            let response = this.inner.clone().oneshot(request.clone()).await?;
+            this.record(&request, &response).await;
             Ok(match origin {
                 Origin::Rebuilt => response.with_origin(Origin::Rebuilt),
                 _ => response,

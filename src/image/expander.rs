@@ -199,7 +199,7 @@ impl ImageExpander {
             // Only now: a tag whose image cannot be expanded leaves no record.
             self.tags
                 .record(instance, &reference, &resolved_digest)
-                .await?;
+                .await;
         }
         let mut timings = tree.timings.clone();
         timings.resolve = resolve_seconds;

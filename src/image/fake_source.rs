@@ -88,8 +88,14 @@ impl Service<ImageRequest> for CountingSource {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _: ImageRequest) -> Self::Future {
+    fn call(&mut self, request: ImageRequest) -> Self::Future {
         let state = self.state.clone();
+        let resolved = request
+            .payload
+            .pinned
+            .digest()
+            .unwrap_or_default()
+            .to_string();
         Box::pin(async move {
             let call = state.calls.fetch_add(1, Ordering::SeqCst) + 1;
             let mut open = state.open.subscribe();
@@ -99,17 +105,30 @@ impl Service<ImageRequest> for CountingSource {
                 return Err(Status::unavailable("Registry down"));
             }
             Ok(ExpandedTree {
-                record: Arc::new(ImageRecord {
-                    manifest_digest: format!("built-{call}"),
-                    referenced_blobs: state.referenced.lock().clone(),
-                    ..Default::default()
-                }),
+                record: Arc::new(record(call, &resolved, state.referenced.lock().clone())),
                 origin: Origin::Built,
                 from_cache: false,
                 layers_ingested: 1,
                 timings: StepTimings::default(),
             })
         })
+    }
+}
+
+/// The `call`-th record of the fake: manifest digest `built-{call}`, made for `resolved`,
+/// its root the first of `referenced` (the empty Directory when there is none), so that
+/// it passes the checks of `record_validation.rs`.
+fn record(call: usize, resolved: &str, referenced: Vec<reapi::Digest>) -> ImageRecord {
+    let root = referenced
+        .first()
+        .cloned()
+        .unwrap_or_else(|| DigestFunction::Sha256.empty_digest());
+    ImageRecord {
+        manifest_digest: format!("built-{call}"),
+        root_directory_digest: Some(root),
+        referenced_blobs: referenced,
+        resolved_digest: resolved.to_string(),
+        ..Default::default()
     }
 }
 

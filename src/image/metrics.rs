@@ -84,6 +84,51 @@ static BOOKKEEPING_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+static RECORDS_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "cache_records_rejected_total",
+            "Records found in the Action Cache but not used, by step (ingest-layer, \
+             apply-layers, expand-image, resolve-tag) and reason (unusable, undecodable, \
+             invalid); each is rebuilt and overwritten.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["step", "reason"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+static RECORD_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "cache_record_writes_total",
+            "Writes of the engine's Action Cache records, by step and result (ok, failed); \
+             a failed write does not fail the expansion.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["step", "result"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts a record found in the Action Cache but not used.
+pub fn record_rejected(step: &str, reason: &str) {
+    RECORDS_REJECTED.with_label_values(&[step, reason]).inc();
+}
+
+/// Counts a write of an engine record.
+pub fn record_write(step: &str, ok: bool) {
+    RECORD_WRITES
+        .with_label_values(&[step, if ok { "ok" } else { "failed" }])
+        .inc();
+}
+
 /// Counts a bookkeeping write: `record` is `mapping` or `write_back`.
 pub fn bookkeeping_write(record: &str, ok: bool) {
     BOOKKEEPING_WRITES

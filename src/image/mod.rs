@@ -11,7 +11,8 @@
 //!
 //! One decorator per concern wraps any stage:
 //!
-//! - `action_caching_source.rs`: records in the Action Cache (`fake_action.rs`);
+//! - `action_caching_source.rs`: records in the Action Cache (`fake_action.rs`), each
+//!   checked against its request before use (`record_validation.rs`);
 //! - `completeness_checking_source.rs`: cached records used only when complete;
 //! - `deduplicating_source.rs`: one call per answer in flight (`single_flight.rs`);
 //! - `metrics_source.rs`: cache hits and misses (`metrics.rs`).
@@ -34,6 +35,7 @@ pub mod image_source;
 pub mod layer_source;
 pub mod metrics;
 pub mod metrics_source;
+pub mod record_validation;
 pub mod registry_image_source;
 pub mod registry_layer_source;
 pub mod single_flight;

@@ -67,6 +67,7 @@ impl RegistryImageSource {
         Ok(ExpandedTree {
             record: Arc::new(ImageRecord {
                 manifest_digest: metadata.manifest_digest,
+                resolved_digest: pinned.digest().unwrap_or_default().to_string(),
                 ..(*tree.record).clone()
             }),
             origin: Origin::Built,

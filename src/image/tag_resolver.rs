@@ -5,6 +5,13 @@
 //! image the tag names expanded: a tag whose image cannot be expanded leaves no record.
 //! [`TagResolver::forget`] drops this process's resolution after such a failure, so that
 //! a tag fixed at the registry is seen at once.
+//!
+//! The record's blob is the text `{reference}@{digest}`, so that a record read back is
+//! used only if it names the very reference it was looked up for and a well-formed
+//! digest; any other record (corrupt, swapped, or written by an older version holding
+//! the digest alone) is ignored, counted in `cache_records_rejected_total` and replaced
+//! once the tag is resolved at the registry again. Recording is best-effort: a failed
+//! write is logged and counted and does not fail the expansion.
 
 use super::fake_action::{put_blob, read_record, write_record, FakeAction, Step};
 use super::metrics;
@@ -114,8 +121,18 @@ impl TagResolver {
             Err(s) if s.code() == Code::NotFound => return Ok(None),
             Err(s) => return Err(s),
         };
-        let Ok(digest) = String::from_utf8(data.to_vec()) else {
-            return Ok(None);
+        let digest = match parse_record(reference, &data) {
+            Ok(digest) => digest,
+            Err(reason) => {
+                metrics::record_rejected(Step::ResolveTag.name(), "invalid");
+                tracing::warn!(
+                    "Ignoring resolve-tag record {} of instance {:?} for {reference}, which \
+                     will be resolved again: {reason}",
+                    crate::digest::display(&action.digest),
+                    instance.name
+                );
+                return Ok(None);
+            }
         };
         // Expire locally when the shared record expires.
         let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
@@ -123,17 +140,26 @@ impl TagResolver {
         Ok(Some(digest))
     }
 
-    /// Records a tag resolved at the registry in the Action Cache.
-    pub async fn record(
-        &self,
-        instance: &Instance,
-        reference: &Reference,
-        digest: &str,
-    ) -> Result<(), Status> {
+    /// Records a tag resolved at the registry in the Action Cache. Best-effort: a
+    /// failure is logged and counted, and only means the next process asks the
+    /// registry again.
+    pub async fn record(&self, instance: &Instance, reference: &Reference, digest: &str) {
         let key = FakeAction::new(instance, Step::ResolveTag, &[&reference.to_string()]);
-        let blob = put_blob(&*self.cas, instance, Bytes::from(digest.to_owned())).await?;
-        let outputs = vec![("manifest-digest".into(), blob)];
-        write_record(&*self.cas, &*self.ac, instance, &key, outputs).await
+        let result = async {
+            let text = format!("{reference}@{digest}");
+            let blob = put_blob(&*self.cas, instance, Bytes::from(text)).await?;
+            let outputs = vec![("manifest-digest".into(), blob)];
+            write_record(&*self.cas, &*self.ac, instance, &key, outputs).await
+        }
+        .await;
+        metrics::record_write(Step::ResolveTag.name(), result.is_ok());
+        if let Err(s) = result {
+            tracing::warn!(
+                "Failed to record the resolution of {reference} in instance {:?}: {}",
+                instance.name,
+                s.message()
+            );
+        }
     }
 
     /// Drops the local resolution of `reference` if it still names `digest`.
@@ -151,5 +177,55 @@ impl TagResolver {
     /// Drops every local resolution.
     pub fn forget_all(&self) {
         self.local.lock().clear();
+    }
+}
+
+/// The digest a resolve-tag record of `reference` holds, or why it cannot be used.
+fn parse_record(reference: &Reference, data: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(data).map_err(|_| "it is not UTF-8".to_string())?;
+    let (named, digest) = text
+        .rsplit_once('@')
+        .ok_or_else(|| format!("{text:?} names no digest"))?;
+    if named != reference.to_string() {
+        return Err(format!("it resolves {named}, not {reference}"));
+    }
+    reference
+        .with_digest(digest)
+        .map_err(|s| s.message().to_string())?;
+    Ok(digest.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "sha256:4444444444444444444444444444444444444444444444444444444444444444";
+
+    fn reference() -> Reference {
+        Reference::parse("registry.example/team/app:v1").unwrap()
+    }
+
+    #[test]
+    fn a_record_of_the_reference_yields_its_digest() {
+        let text = format!("{}@{DIGEST}", reference());
+        assert_eq!(parse_record(&reference(), text.as_bytes()).unwrap(), DIGEST);
+    }
+
+    #[test]
+    fn records_of_other_references_or_without_a_valid_digest_are_refused() {
+        let other = Reference::parse("registry.example/other/app:v1").unwrap();
+        let cases = [
+            (DIGEST.to_string(), "names no digest"),
+            (format!("{other}@{DIGEST}"), "not docker://"),
+            (format!("{}@sha256:abc", reference()), "Invalid digest"),
+            (format!("{}@", reference()), "Invalid digest"),
+            (String::new(), "names no digest"),
+        ];
+        for (text, reason) in cases {
+            let error = parse_record(&reference(), text.as_bytes()).unwrap_err();
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+        let error = parse_record(&reference(), &[0xff, 0xfe]).unwrap_err();
+        assert!(error.contains("UTF-8"), "{error}");
     }
 }

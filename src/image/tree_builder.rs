@@ -183,6 +183,8 @@ impl TreeBuilder {
                 root_directory_digest: Some(encoded.root),
                 referenced_blobs: applied.referenced_blobs,
                 statistics: Some(statistics),
+                resolved_digest: String::new(),
+                layer_digests: layers.iter().map(|l| l.digest.clone()).collect(),
             }),
             origin: Origin::Built,
             from_cache: false,

@@ -185,6 +185,7 @@ impl LayerIngester {
                 entries: parsed.entries,
                 diff_id: parsed.diff_id,
                 statistics: Some(parsed.statistics),
+                compressed_digest: layer.digest.clone(),
             }),
             Err(tar_entries::ReadError::Failed(status)) => Err(status),
             Err(tar_entries::ReadError::UploaderGone) => Err(Status::internal(
