@@ -13,7 +13,10 @@ use std::process::Output;
 use serde_json::Value;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer, dir, exe, file, symlink, tar_bytes, whiteout, TarEntry};
+use support::images::{
+    dir, exe, file, symlink, tar_bytes, whiteout, Compression, Flavor, Image, ImageBuilder,
+    IndexBuilder, Layer, TarEntry,
+};
 use support::registry_server::RegistryServer;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_bb-container-expander");

@@ -17,7 +17,10 @@ use serde_json::json;
 use tonic::Code;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
+use support::images::{
+    dir, exe, file, link, symlink, tar_bytes, whiteout, Compression, Flavor, Image, ImageBuilder,
+    Layer, TarEntry,
+};
 use support::registry_server::RegistryServer;
 use support::sha256;
 

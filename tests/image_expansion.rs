@@ -22,7 +22,10 @@ use tonic::Code;
 
 use image_common::*;
 use support::fake_http::{FakeHttpServer, Response};
-use support::images::{Compression, Flavor, Image, ImageBuilder, IndexBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
+use support::images::{
+    dir, exe, file, link, symlink, tar_bytes, whiteout, Compression, Flavor, Image, ImageBuilder,
+    IndexBuilder, Layer, TarEntry,
+};
 use support::registry_server::RegistryServer;
 use support::sha256;
 
@@ -147,8 +150,16 @@ fn expected_tree() -> Tree {
 
 fn rules_image(flavor: Flavor, compressions: [Compression; 3]) -> Image {
     ImageBuilder::new(flavor)
-        .layer(Layer::new(tar_bytes(&base_layer()), compressions[0], flavor))
-        .layer(Layer::new(tar_bytes(&middle_layer()), compressions[1], flavor))
+        .layer(Layer::new(
+            tar_bytes(&base_layer()),
+            compressions[0],
+            flavor,
+        ))
+        .layer(Layer::new(
+            tar_bytes(&middle_layer()),
+            compressions[1],
+            flavor,
+        ))
         .layer(Layer::new(tar_bytes(&top_layer()), compressions[2], flavor))
         .build()
 }
@@ -1008,7 +1019,10 @@ async fn hard_link_to_a_missing_target_is_refused() {
 async fn names_that_are_not_utf8_are_refused() {
     let server = RegistryServer::start();
     let layer = Layer::new(
-        tar_bytes(&[TarEntry::RawName(b"etc/caf\xe9".to_vec(), b"latin1".to_vec())]),
+        tar_bytes(&[TarEntry::RawName(
+            b"etc/caf\xe9".to_vec(),
+            b"latin1".to_vec(),
+        )]),
         Compression::Gzip,
         Flavor::Oci,
     );

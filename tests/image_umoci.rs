@@ -18,7 +18,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Instant;
 
 use image_common::*;
-use support::images::{Compression, Flavor, Image, ImageBuilder, Layer, dir, exe, file, link, symlink, tar_bytes, whiteout, TarEntry};
+use support::images::{
+    dir, exe, file, link, symlink, tar_bytes, whiteout, Compression, Flavor, Image, ImageBuilder,
+    Layer, TarEntry,
+};
 use support::registry_server::RegistryServer;
 
 /// A difference between our tree and umoci's that layers.md decides on purpose.
