@@ -13,6 +13,8 @@
 //! - [`registry`]: OCI distribution access (references, auth, platforms, blobs);
 //! - [`layer`]: one layer blob → a verified, normalised changeset in the CAS;
 //! - [`tree`]: in-memory Merkle trees, applying changesets, canonical encoding;
+//! - [`merge`]: merging trees stored in the CAS (images stacked, input root grafted),
+//!   and the checks on the result;
 //! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
 
 pub mod action;
@@ -24,6 +26,7 @@ pub mod digest;
 pub mod grpc;
 pub mod image;
 pub mod layer;
+pub mod merge;
 pub mod program;
 pub mod proto;
 pub mod registry;

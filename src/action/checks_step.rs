@@ -10,8 +10,8 @@
 use super::failure::{input_error, Failure};
 use super::merge_step::Merged;
 use crate::blobstore::{ContentAddressableStorage, Instance};
+use crate::merge::DirectorySource;
 use crate::proto::reapi;
-use crate::tree::DirectorySource;
 use tonic::{Code, Status};
 
 /// What the checks look at.
@@ -38,12 +38,12 @@ pub(crate) async fn check(
     };
     let working_directory = checked.working_directory;
     if let Err(s) =
-        crate::tree::check_working_directory(source, &merged.root, working_directory).await
+        crate::merge::check_working_directory(source, &merged.root, working_directory).await
     {
         return Err(blame(s, "Invalid working directory").await);
     }
     let output_paths = output_paths(checked.command);
-    if let Err(s) = crate::tree::check_output_paths(
+    if let Err(s) = crate::merge::check_output_paths(
         source,
         &merged.image_root,
         &merged.root,
@@ -57,7 +57,7 @@ pub(crate) async fn check(
     if !checked.require_usr_bin_env {
         return Ok(());
     }
-    match crate::tree::check_usr_bin_env(source, &merged.root).await {
+    match crate::merge::check_usr_bin_env(source, &merged.root).await {
         Ok(()) => Ok(()),
         Err(s) if s.code() == Code::NotFound => {
             Err(blame(s, "Failed to look for /usr/bin/env").await)

@@ -7,10 +7,10 @@
 use super::ActionRewriter;
 use crate::blobstore::ContentAddressableStorage;
 use crate::config::container_images::ContainerImagesConfiguration;
-use crate::image::{DirectoryCache, ImageExpander};
+use crate::image::ImageExpander;
+use crate::merge::{DirectoryCache, MergePolicy};
 use crate::proto::reapi;
 use crate::registry::Platform;
-use crate::tree::MergePolicy;
 use std::sync::Arc;
 
 /// How actions are rewritten (`containerImages` in the configuration).

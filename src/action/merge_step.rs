@@ -8,9 +8,9 @@ use super::written_overlay::WrittenOverlay;
 use super::RewriteOptions;
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::image::ExpandedImage;
+use crate::merge::{DirectorySource, MergeOptions};
 use crate::proto::reapi;
 use crate::status::wrap;
-use crate::tree::{DirectorySource, MergeOptions};
 use bytes::Bytes;
 use std::time::Instant;
 use tonic::Code;
@@ -48,7 +48,7 @@ pub(crate) async fn merge(
         max_message_size: options.maximum_message_size_bytes,
     };
     let started = Instant::now();
-    let merged = crate::tree::graft(
+    let merged = crate::merge::graft(
         &*source,
         &image_root,
         &input_root,
@@ -89,7 +89,7 @@ async fn stack(
         .iter()
         .map(|i| i.root_directory_digest.clone())
         .collect();
-    let stacked = crate::tree::stack_images(&*source, &roots, options.maximum_message_size_bytes)
+    let stacked = crate::merge::stack_images(&*source, &roots, options.maximum_message_size_bytes)
         .await
         .map_err(|s| {
             let s = wrap(s, "Failed to stack images");

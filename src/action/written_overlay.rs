@@ -5,9 +5,9 @@
 //! later actions.
 
 use crate::digest::DigestFunction;
-use crate::image::DirectoryCache;
+use crate::merge::DirectoryCache;
+use crate::merge::DirectorySource;
 use crate::proto::reapi;
-use crate::tree::DirectorySource;
 use bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;

@@ -197,8 +197,8 @@ impl ContainerImagesConfiguration {
                 .unwrap_or_else(|| vec!["container-image".into()]),
             input_root_directory: self.input_root_directory.clone(),
             conflict_policy: match self.conflict_policy {
-                ConflictPolicy::Strict => crate::tree::MergePolicy::Strict,
-                ConflictPolicy::InputWins => crate::tree::MergePolicy::InputWins,
+                ConflictPolicy::Strict => crate::merge::MergePolicy::Strict,
+                ConflictPolicy::InputWins => crate::merge::MergePolicy::InputWins,
             },
             add_platform_properties: self
                 .add_platform_properties

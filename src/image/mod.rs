@@ -19,14 +19,12 @@
 //!
 //! `configuration.rs` stacks them; `expander.rs` is the façade ([`ImageExpander`]) that
 //! parses references and resolves tags (`tag_resolver.rs`) in front of the image source.
-//! `directory_cache.rs` keeps decoded Directories in front of the CAS for the rewriter.
 
 pub mod action_caching_source;
 pub mod chain_source;
 pub mod completeness_checking_source;
 pub mod configuration;
 pub mod deduplicating_source;
-pub mod directory_cache;
 pub mod expander;
 pub mod fake_action;
 #[cfg(test)]
@@ -44,7 +42,6 @@ pub mod tag_resolver;
 pub mod tree_builder;
 
 pub use configuration::{new_image_expander, new_image_expander_from_configuration};
-pub use directory_cache::{CachingDirectorySource, DirectoryCache};
 pub use expander::{ExpandedImage, ExpanderOptions, ImageExpander};
 pub use fake_action::{FakeAction, Step};
 pub use image_source::StepTimings;

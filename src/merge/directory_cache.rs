@@ -3,10 +3,10 @@
 //! directories (the root, the mount point's parents) for every action; with this cache
 //! they are read from the CAS once per process, not once per action.
 
+use super::directory_source::{CasDirectorySource, DirectorySource};
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
-use crate::tree::{CasDirectorySource, DirectorySource};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use prost::Message;
@@ -128,10 +128,10 @@ impl DirectorySource for CachingDirectorySource {
     async fn get_directory(&self, digest: &reapi::Digest) -> Result<Arc<reapi::Directory>, Status> {
         let key = (self.function, digest.hash.clone(), digest.size_bytes);
         if let Some(directory) = self.cache.get(&key) {
-            super::metrics::cache_lookup("directory", "hit");
+            crate::image::metrics::cache_lookup("directory", "hit");
             return Ok(directory);
         }
-        super::metrics::cache_lookup("directory", "miss");
+        crate::image::metrics::cache_lookup("directory", "miss");
         let directory = self.backend.get_directory(digest).await?;
         self.cache.insert(self.function, digest, directory.clone());
         Ok(directory)

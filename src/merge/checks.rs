@@ -12,11 +12,11 @@
 //! The directories a merge wrote must be readable through the source given here
 //! (uploaded to the CAS, or held by a caching source) before these checks run.
 
-use super::directory::NodeKind;
 use super::directory_source::DirectorySource;
-use super::error::tree_error;
 use super::remote_directory::{client_path_parts, directory_digest, find, Entry};
 use crate::proto::reapi;
+use crate::tree::tree_error;
+use crate::tree::NodeKind;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::Status;

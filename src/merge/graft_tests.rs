@@ -2,17 +2,15 @@
 //! through a source that records what it reads.
 
 use super::checks::{check_output_paths, check_usr_bin_env, check_working_directory};
-use super::directory::Directory;
 use super::directory_source::{CasDirectorySource, DirectorySource};
-use super::encode::encode;
-use super::error::error_name;
 use super::graft::{graft, merge, stack_images, MergeOptions, MergePolicy, MergedTree};
 use super::load::load_from;
-use super::test_support::*;
 use crate::blobstore::{ContentAddressableStorage, Instance, MemoryContentAddressableStorage};
 use crate::digest::DigestFunction;
 use crate::proto::cache::LayerEntry;
 use crate::proto::reapi;
+use crate::tree::test_support::*;
+use crate::tree::{encode, error_name, Directory};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -438,13 +436,13 @@ async fn stacking_images_later_wins_and_directories_merge() {
 #[tokio::test]
 async fn grafting_trees_of_the_deepest_allowed_depth() {
     let s = Recording::new();
-    let deep = vec!["d"; super::apply::MAX_DEPTH - 1].join("/");
+    let deep = vec!["d"; crate::tree::MAX_DEPTH - 1].join("/");
     let image_root = s.store(vec![file(&format!("{deep}/image"), "1")]).await;
     let input_root = s.store(vec![file(&format!("{deep}/input"), "2")]).await;
     let merged = graft(&s, &image_root, &input_root, "", &strict())
         .await
         .unwrap();
-    assert_eq!(merged.directories.len(), super::apply::MAX_DEPTH);
+    assert_eq!(merged.directories.len(), crate::tree::MAX_DEPTH);
 }
 
 // ---- checks.rs ----

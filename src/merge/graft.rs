@@ -14,12 +14,12 @@
 //!   paths are not resolved through the earlier image's symlinks.
 
 use super::directory_source::DirectorySource;
-use super::error::tree_error;
 use super::remote_directory::{
     canonical, client_path_parts, directory_digest, entries, join, Entry,
 };
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
+use crate::tree::tree_error;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};

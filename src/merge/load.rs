@@ -3,12 +3,12 @@
 //! tree at a time with several reads in flight; identical subtrees end up shared
 //! (one `Arc`) in memory.
 
-use super::directory::{Directory, Node};
 use super::directory_source::{CasDirectorySource, DirectorySource};
-use super::error::tree_error;
 use super::remote_directory::{directory_digest, entries, join, Entry};
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::proto::reapi;
+use crate::tree::tree_error;
+use crate::tree::{Directory, Node};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -124,7 +124,7 @@ mod tests {
     use super::*;
     use crate::blobstore::MemoryContentAddressableStorage;
     use crate::digest::DigestFunction;
-    use crate::tree::encode::encode;
+    use crate::tree::encode;
 
     const F: DigestFunction = DigestFunction::Sha256;
 

@@ -3,10 +3,10 @@
 //! children (refusing invalid and duplicate names), and building a canonical message
 //! back from such a map.
 
-use super::directory::NodeKind;
-use super::encode::invalid_name_reason;
-use super::error::tree_error;
 use crate::proto::reapi;
+use crate::tree::invalid_name_reason;
+use crate::tree::tree_error;
+use crate::tree::NodeKind;
 use std::collections::BTreeMap;
 use tonic::Status;
 

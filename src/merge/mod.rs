@@ -1,0 +1,33 @@
+//! The lazy merge over trees stored in the CAS, what `crate::action` does per action
+//! (steps 3 to 5 of docs/how-it-works.md): only the `Directory` messages where trees
+//! overlap are read and written again, so the work does not grow with the image.
+//!
+//! - `directory_source.rs`: [`DirectorySource`], `Directory` messages by digest, and
+//!   [`CasDirectorySource`], which reads them from one instance's CAS;
+//! - `directory_cache.rs`: [`DirectoryCache`], decoded Directories kept in front of the
+//!   CAS across actions, and [`CachingDirectorySource`], which reads through it;
+//! - `remote_directory.rs`: a stored `Directory` message as a map of its children, and
+//!   back;
+//! - `graft.rs`: [`graft`] (the input root into the image at a mount path) and
+//!   [`stack_images`] (several images, later over earlier);
+//! - `checks.rs`: the checks on the merged tree: working directory, output paths,
+//!   `usr/bin/env`.
+//!
+//! Errors are made as in `crate::tree`: each message starts with the name of the rule
+//! broken.
+
+mod checks;
+mod directory_cache;
+mod directory_source;
+mod graft;
+mod remote_directory;
+
+#[cfg(test)]
+mod graft_tests;
+#[cfg(test)]
+mod load;
+
+pub use checks::{check_output_paths, check_usr_bin_env, check_working_directory};
+pub use directory_cache::{CachingDirectorySource, DirectoryCache};
+pub use directory_source::{CasDirectorySource, DirectorySource};
+pub use graft::{graft, merge, stack_images, MergeOptions, MergePolicy, MergedTree};
