@@ -59,7 +59,7 @@ impl DigestFunction {
     }
 
     /// Number of hexadecimal characters of a hash.
-    pub fn hash_length(self) -> usize {
+    pub(crate) fn hash_length(self) -> usize {
         match self {
             Self::Sha256 => 64,
             Self::Sha384 => 96,

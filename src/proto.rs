@@ -20,7 +20,7 @@ pub mod remoteactionrouter {
 }
 
 /// google.rpc error details REAPI uses (PreconditionFailure for missing blobs).
-pub mod error_details {
+pub(crate) mod error_details {
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
 }

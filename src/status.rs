@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 /// (a `PreconditionFailure` naming missing blobs, for instance, survives the wrapping).
 /// When the details are an encoded `google.rpc.Status`, as gRPC defines them, the message
 /// inside them is prefixed too, so that both messages say the same.
-pub fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
+pub(crate) fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
     use prost::Message;
     let message = format!("{}: {}", context, status.message());
     if status.details().is_empty() {
@@ -28,12 +28,12 @@ pub fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
 /// Prefixes the message of `status` with `context` and replaces its code. The details
 /// are dropped: they describe the failure under its old code (a `PreconditionFailure`
 /// under anything but FAILED_PRECONDITION would mislead a client).
-pub fn wrap_with_code(status: Status, code: Code, context: impl std::fmt::Display) -> Status {
+pub(crate) fn wrap_with_code(status: Status, code: Code, context: impl std::fmt::Display) -> Status {
     Status::new(code, format!("{}: {}", context, status.message()))
 }
 
 /// Extension trait to wrap the error of a `Result<T, Status>`.
-pub trait StatusContext<T> {
+pub(crate) trait StatusContext<T> {
     /// Prefixes the error message with the context returned by `f`.
     fn context_with<C: std::fmt::Display>(self, f: impl FnOnce() -> C) -> Result<T, Status>;
     /// Prefixes the error message with `context`.
@@ -50,7 +50,7 @@ impl<T> StatusContext<T> for Result<T, Status> {
 }
 
 /// Maps an I/O error to a status: reads and writes of local files are internal faults.
-pub fn from_io(err: std::io::Error, context: impl std::fmt::Display) -> Status {
+pub(crate) fn from_io(err: std::io::Error, context: impl std::fmt::Display) -> Status {
     Status::internal(format!("{context}: {err}"))
 }
 

@@ -25,5 +25,6 @@ pub mod results;
 pub mod rewriter;
 mod written_overlay;
 
-pub use configuration::{new_action_rewriter_from_configuration, RewriteOptions};
-pub use rewriter::{ActionRewriter, Rewrite, RewrittenAction};
+pub(crate) use configuration::{new_action_rewriter_from_configuration, RewriteOptions};
+pub use rewriter::{ActionRewriter, Rewrite};
+pub(crate) use rewriter::{RewrittenAction};

@@ -13,7 +13,7 @@ use tonic::Status;
 
 /// The OCI platform the REAPI `OSFamily` and `ISA` properties ask for (`default` for
 /// what they leave open).
-pub fn wanted_platform(
+pub(crate) fn wanted_platform(
     platform: Option<&reapi::Platform>,
     default: &Platform,
 ) -> Result<Platform, Status> {

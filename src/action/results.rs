@@ -129,7 +129,7 @@ impl ResultMapper {
 
     /// The provenance of a rewritten action of `instance_name`, if it was rewritten by
     /// any replica.
-    pub async fn lookup(
+    pub(crate) async fn lookup(
         &self,
         instance_name: &str,
         rewritten: &reapi::Digest,
@@ -160,7 +160,7 @@ impl ResultMapper {
     }
 
     /// The rewritten action digest an operation's metadata names, if any.
-    pub fn action_digest_of(operation: &Operation) -> Option<reapi::Digest> {
+    pub(crate) fn action_digest_of(operation: &Operation) -> Option<reapi::Digest> {
         let metadata = operation.metadata.as_ref()?;
         if metadata.type_url != EXECUTE_OPERATION_METADATA {
             return None;
@@ -172,7 +172,7 @@ impl ResultMapper {
 
     /// Maps one operation of a rewritten action back to the client's action, and
     /// writes a final successful result back under the client's digest.
-    pub async fn map_operation(
+    pub(crate) async fn map_operation(
         &self,
         mut operation: Operation,
         provenance: &ExpansionProvenance,

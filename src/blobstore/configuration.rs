@@ -11,7 +11,7 @@ use crate::grpc::client::new_channel_from_configuration;
 use std::sync::Arc;
 
 /// Creates the CAS described by `config`. Must be called within a Tokio runtime.
-pub fn new_content_addressable_storage_from_configuration(
+pub(crate) fn new_content_addressable_storage_from_configuration(
     config: &BlobAccessConfiguration,
     maximum_message_size_bytes: usize,
 ) -> Result<Arc<dyn ContentAddressableStorage>, String> {
@@ -52,7 +52,7 @@ pub fn new_content_addressable_storage_from_configuration(
 }
 
 /// Creates the Action Cache described by `config`.
-pub fn new_action_cache_from_configuration(
+pub(crate) fn new_action_cache_from_configuration(
     config: &BlobAccessConfiguration,
 ) -> Result<Arc<dyn ActionCache>, String> {
     Ok(match config {

@@ -34,7 +34,7 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The real monotonic clock.
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
@@ -95,7 +95,7 @@ impl Cache {
     }
 }
 
-pub struct ExistenceCachingContentAddressableStorage {
+pub(crate) struct ExistenceCachingContentAddressableStorage {
     backend: Arc<dyn ContentAddressableStorage>,
     cache_size: usize,
     cache_duration: Duration,
@@ -113,7 +113,7 @@ impl ExistenceCachingContentAddressableStorage {
         Self::with_clock(backend, cache_size, cache_duration, Arc::new(SystemClock))
     }
 
-    pub fn with_clock(
+    pub(crate) fn with_clock(
         backend: Arc<dyn ContentAddressableStorage>,
         cache_size: usize,
         cache_duration: Duration,
@@ -130,12 +130,9 @@ impl ExistenceCachingContentAddressableStorage {
 
     /// Number of digests currently remembered (expired ones included until looked up or
     /// evicted).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.cache.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Remembers that `digests` existed at `seen_at`.

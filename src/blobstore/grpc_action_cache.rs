@@ -15,7 +15,7 @@ use crate::status::StatusContext;
 use async_trait::async_trait;
 use tonic::Status;
 
-pub struct GrpcActionCache {
+pub(crate) struct GrpcActionCache {
     client: ActionCacheClient<GrpcChannel>,
 }
 

@@ -424,20 +424,20 @@ fn blob_path(instance: &Instance, digest: &reapi::Digest, prefix: &str) -> Strin
 }
 
 /// `ReadRequest.resource_name` of a blob: `{instance_name}/blobs/{digest_function/}{hash}/{size}`.
-pub fn read_resource_name(instance: &Instance, digest: &reapi::Digest) -> String {
+pub(crate) fn read_resource_name(instance: &Instance, digest: &reapi::Digest) -> String {
     blob_path(instance, digest, "")
 }
 
 /// `WriteRequest.resource_name` of an upload:
 /// `{instance_name}/uploads/{uuid}/blobs/{digest_function/}{hash}/{size}`.
-pub fn write_resource_name(instance: &Instance, uuid: &str, digest: &reapi::Digest) -> String {
+pub(crate) fn write_resource_name(instance: &Instance, uuid: &str, digest: &reapi::Digest) -> String {
     blob_path(instance, digest, &format!("uploads/{uuid}/"))
 }
 
 /// A version 4 UUID for an upload. Randomness comes from the standard library's
 /// randomly keyed hasher, mixed with a counter and the time so that two uploads of one
 /// process never share one.
-pub fn new_upload_uuid() -> String {
+pub(crate) fn new_upload_uuid() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()

@@ -18,22 +18,22 @@ use futures::StreamExt;
 use tonic::Status;
 
 pub mod configuration;
-pub mod discarding_content_addressable_storage;
+pub(crate) mod discarding_content_addressable_storage;
 pub mod existence_caching_content_addressable_storage;
-pub mod grpc_action_cache;
-pub mod grpc_content_addressable_storage;
-pub mod memory_action_cache;
-pub mod memory_content_addressable_storage;
-pub mod read_caching_content_addressable_storage;
+pub(crate) mod grpc_action_cache;
+pub(crate) mod grpc_content_addressable_storage;
+pub(crate) mod memory_action_cache;
+pub(crate) mod memory_content_addressable_storage;
+pub(crate) mod read_caching_content_addressable_storage;
 
 // Kept for benchmarks (benches/expander): a CAS that drops what it is given.
 pub use discarding_content_addressable_storage::DiscardingContentAddressableStorage;
-pub use existence_caching_content_addressable_storage::ExistenceCachingContentAddressableStorage;
-pub use grpc_action_cache::GrpcActionCache;
+pub(crate) use existence_caching_content_addressable_storage::ExistenceCachingContentAddressableStorage;
+pub(crate) use grpc_action_cache::GrpcActionCache;
 pub use grpc_content_addressable_storage::GrpcContentAddressableStorage;
 pub use memory_action_cache::MemoryActionCache;
 pub use memory_content_addressable_storage::MemoryContentAddressableStorage;
-pub use read_caching_content_addressable_storage::ReadCachingContentAddressableStorage;
+pub(crate) use read_caching_content_addressable_storage::ReadCachingContentAddressableStorage;
 
 /// The REAPI instance name and digest function a request is made for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -134,7 +134,7 @@ pub trait ActionCache: Send + Sync + 'static {
 }
 
 /// Checks that `data` has `digest`, with Buildbarn's wording (bb-storage buffer/source.go).
-pub fn verify_blob(
+pub(crate) fn verify_blob(
     function: DigestFunction,
     digest: &reapi::Digest,
     data: &[u8],

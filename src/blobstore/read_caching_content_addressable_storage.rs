@@ -25,7 +25,7 @@ use tonic::{Code, Status};
 /// How many chunks of a streamed read may wait for `fast` before the reader waits too.
 const FILL_QUEUE_CHUNKS: usize = 16;
 
-pub struct ReadCachingContentAddressableStorage {
+pub(crate) struct ReadCachingContentAddressableStorage {
     slow: Arc<dyn ContentAddressableStorage>,
     fast: Arc<dyn ContentAddressableStorage>,
 }

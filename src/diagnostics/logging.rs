@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::EnvFilter;
 
 /// Whether standard error gets colours: only a terminal, and only without `NO_COLOR`.
-pub fn stderr_is_coloured() -> bool {
+pub(crate) fn stderr_is_coloured() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
@@ -66,7 +66,7 @@ impl<'a> MakeWriter<'a> for LogFiles {
 
 /// The subscriber [`init`] installs: `filter` for every output, `stderr` with colours
 /// if `stderr_colours`, and the files of `log_paths` (created if missing) without.
-pub fn subscriber<W>(
+pub(crate) fn subscriber<W>(
     filter: EnvFilter,
     stderr: W,
     stderr_colours: bool,

@@ -33,7 +33,7 @@ impl Readiness {
 }
 
 /// Registers the `process_*` collector with the default registry, once per process.
-pub fn register_process_metrics() {
+pub(crate) fn register_process_metrics() {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {
         if let Err(e) = prometheus::register(Box::new(process::ProcessCollector::new())) {

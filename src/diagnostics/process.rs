@@ -27,7 +27,7 @@ const USER_HZ: f64 = 100.0;
 
 /// What [`ProcessCollector`] reads from `/proc/self/stat`.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Stat {
+pub(crate) struct Stat {
     /// User plus system CPU time, in USER_HZ ticks.
     pub cpu_ticks: u64,
     /// Start time after boot, in USER_HZ ticks.
@@ -38,7 +38,7 @@ pub struct Stat {
 
 /// Parses `/proc/<pid>/stat`. The second field, the command name in parentheses, may
 /// itself contain spaces and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat(text: &str) -> Option<Stat> {
+pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let (_, after_name) = text.rsplit_once(')')?;
     // Fields after the name, numbered as in proc(5): 3 is the state.
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -51,7 +51,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// The value of a `Name:   123 kB` line of `/proc/<pid>/status`, in bytes.
-pub fn parse_status_bytes(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn parse_status_bytes(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?.strip_prefix(':')?;
         let kib: u64 = rest.trim().strip_suffix("kB")?.trim().parse().ok()?;
@@ -60,13 +60,13 @@ pub fn parse_status_bytes(text: &str, name: &str) -> Option<u64> {
 }
 
 /// The boot time (`btime`, seconds since the epoch) from `/proc/stat`.
-pub fn parse_boot_time(text: &str) -> Option<u64> {
+pub(crate) fn parse_boot_time(text: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
 }
 
 /// The soft limit of `Max open files` in `/proc/<pid>/limits`; `None` when unlimited.
-pub fn parse_max_open_files(text: &str) -> Option<u64> {
+pub(crate) fn parse_max_open_files(text: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let rest = line.strip_prefix("Max open files")?;
         rest.split_whitespace().next()?.parse().ok()
@@ -82,7 +82,7 @@ fn count_entries(path: &Path) -> Option<usize> {
 }
 
 /// Collects the `process_*` series from `/proc/self` at each scrape.
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     cpu_seconds: Counter,
     resident_memory: Gauge,
     virtual_memory: Gauge,

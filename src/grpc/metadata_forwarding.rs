@@ -71,7 +71,7 @@ where
 
 /// What a client adds to each call.
 #[derive(Clone, Debug, Default)]
-pub struct MetadataAdder {
+pub(crate) struct MetadataAdder {
     static_headers: Vec<(HeaderName, HeaderValue)>,
     expression: Option<Arc<jmespath::Expression<'static>>>,
 }
@@ -182,7 +182,7 @@ impl MetadataAdder {
 
 /// Client layer: adds metadata to every outgoing call.
 #[derive(Clone)]
-pub struct AddMetadataLayer {
+pub(crate) struct AddMetadataLayer {
     adder: Arc<MetadataAdder>,
 }
 
@@ -205,7 +205,7 @@ impl<S> Layer<S> for AddMetadataLayer {
 }
 
 #[derive(Clone)]
-pub struct AddMetadata<S> {
+pub(crate) struct AddMetadata<S> {
     inner: S,
     adder: Arc<MetadataAdder>,
 }

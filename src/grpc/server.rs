@@ -15,11 +15,11 @@ use tower::ServiceBuilder;
 
 /// Builds the routes of one server; called once per configured server, with that
 /// server's configuration (message size limits, health check service name).
-pub type RoutesFactory<'a> = dyn Fn(&ServerConfiguration) -> Routes + Send + Sync + 'a;
+pub(crate) type RoutesFactory<'a> = dyn Fn(&ServerConfiguration) -> Routes + Send + Sync + 'a;
 
 /// Binds every listener (failing fast if one cannot be bound) and returns futures that
 /// serve until `shutdown` becomes true.
-pub async fn bind_servers(
+pub(crate) async fn bind_servers(
     configs: &[ServerConfiguration],
     routes: &RoutesFactory<'_>,
     shutdown: watch::Receiver<bool>,
@@ -96,7 +96,7 @@ pub async fn bind_servers(
 }
 
 /// `':8980'` (all interfaces), `'127.0.0.1:8980'`, `'[::1]:8980'`.
-pub fn parse_listen_address(address: &str) -> Result<std::net::SocketAddr, String> {
+pub(crate) fn parse_listen_address(address: &str) -> Result<std::net::SocketAddr, String> {
     let full = if address.starts_with(':') {
         format!("[::]{address}")
     } else {

@@ -29,7 +29,7 @@ use tower::{Layer, Service, ServiceExt};
 
 /// Adds Action Cache records to a stage.
 #[derive(Clone)]
-pub struct ActionCachingLayer {
+pub(crate) struct ActionCachingLayer {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
 }
@@ -54,7 +54,7 @@ impl<S> Layer<S> for ActionCachingLayer {
 
 /// A stage whose answers are recorded in the Action Cache.
 #[derive(Clone)]
-pub struct ActionCachingSource<S> {
+pub(crate) struct ActionCachingSource<S> {
     inner: S,
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,

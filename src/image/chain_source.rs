@@ -12,18 +12,18 @@ use crate::registry::Reference;
 
 /// What a chain request asks for.
 #[derive(Clone, Debug)]
-pub struct LayerChain {
+pub(crate) struct LayerChain {
     /// The image the layers are downloaded from.
     pub pinned: Reference,
     pub layers: Vec<LayerDescriptor>,
 }
 
-pub type ChainRequest = StageRequest<LayerChain>;
+pub(crate) type ChainRequest = StageRequest<LayerChain>;
 
 impl ChainRequest {
     /// A request for `layers` (of `pinned`), for trees whose Directory messages are at
     /// most `maximum_message_size_bytes` large.
-    pub fn for_layers(
+    pub(crate) fn for_layers(
         instance: &Instance,
         pinned: Reference,
         layers: Vec<LayerDescriptor>,
@@ -43,4 +43,4 @@ impl ChainRequest {
 }
 
 /// A layer chain source: the plain one with its decorators.
-pub type ChainSource = Source<ChainRequest, ExpandedTree>;
+pub(crate) type ChainSource = Source<ChainRequest, ExpandedTree>;

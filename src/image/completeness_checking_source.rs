@@ -58,7 +58,7 @@ impl<T> CheckedRecords<T> {
 }
 
 /// Adds completeness checks to a cached stage.
-pub struct CompletenessCheckingLayer<T> {
+pub(crate) struct CompletenessCheckingLayer<T> {
     cas: Arc<dyn ContentAddressableStorage>,
     checked: Option<Arc<CheckedRecords<T>>>,
 }
@@ -71,7 +71,7 @@ impl<T> CompletenessCheckingLayer<T> {
 
     /// Trusts records in `checked` (shared with whoever may clear it) until their
     /// interval runs out.
-    pub fn remembering(self, checked: Arc<CheckedRecords<T>>) -> Self {
+    pub(crate) fn remembering(self, checked: Arc<CheckedRecords<T>>) -> Self {
         Self {
             checked: Some(checked),
             ..self
@@ -92,7 +92,7 @@ impl<S, T> Layer<S> for CompletenessCheckingLayer<T> {
 }
 
 /// A stage whose cached records are used only when complete.
-pub struct CompletenessCheckingSource<S, T> {
+pub(crate) struct CompletenessCheckingSource<S, T> {
     inner: S,
     cas: Arc<dyn ContentAddressableStorage>,
     checked: Option<Arc<CheckedRecords<T>>>,

@@ -20,7 +20,7 @@ use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
 /// Adds in-flight deduplication to a stage answering `R`.
-pub struct DeduplicatingLayer<R> {
+pub(crate) struct DeduplicatingLayer<R> {
     response: PhantomData<fn() -> R>,
 }
 
@@ -50,7 +50,7 @@ impl<S, R: StageResponse> Layer<S> for DeduplicatingLayer<R> {
 }
 
 /// A stage whose concurrent identical requests share one call.
-pub struct DeduplicatingSource<S, R: Clone> {
+pub(crate) struct DeduplicatingSource<S, R: Clone> {
     inner: S,
     flights: Arc<SingleFlight<(Instance, String), R>>,
 }

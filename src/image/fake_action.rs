@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Code, Status};
 
 /// Version of the record formats. Bump it whenever a record's meaning changes.
-pub const FORMAT_VERSION: &str = "v1";
+pub(crate) const FORMAT_VERSION: &str = "v1";
 
 /// First argument of every fake Command.
-pub const PROGRAM: &str = "bb-container-expander";
+pub(crate) const PROGRAM: &str = "bb-container-expander";
 
 /// The cached steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,7 @@ impl FakeAction {
 
 /// A record read back from the Action Cache.
 #[derive(Clone, Debug)]
-pub struct CachedRecord {
+pub(crate) struct CachedRecord {
     /// The named outputs and their digests.
     pub outputs: Vec<(String, reapi::Digest)>,
     /// When the entry was written.
@@ -110,14 +110,14 @@ impl CachedRecord {
     }
 
     /// Age of the entry; `None` when it carries no time.
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         self.written
             .and_then(|w| SystemTime::now().duration_since(w).ok())
     }
 }
 
 /// Reads the record of `key`; `Ok(None)` when there is none.
-pub async fn read_record(
+pub(crate) async fn read_record(
     ac: &dyn ActionCache,
     instance: &Instance,
     key: &FakeAction,
@@ -151,7 +151,7 @@ pub async fn read_record(
 }
 
 /// Writes the record of `key`, whose outputs must already be in the CAS.
-pub async fn write_record(
+pub(crate) async fn write_record(
     cas: &dyn ContentAddressableStorage,
     ac: &dyn ActionCache,
     instance: &Instance,
@@ -194,7 +194,7 @@ pub async fn write_record(
 }
 
 /// Stores `data` in the CAS and returns its digest.
-pub async fn put_blob(
+pub(crate) async fn put_blob(
     cas: &dyn ContentAddressableStorage,
     instance: &Instance,
     data: Bytes,

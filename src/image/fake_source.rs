@@ -30,7 +30,7 @@ struct State {
 /// A fake image source. Its answers are new on every call: the n-th call's record has
 /// manifest digest `built-n`.
 #[derive(Clone)]
-pub struct CountingSource {
+pub(crate) struct CountingSource {
     state: Arc<State>,
 }
 

@@ -19,12 +19,12 @@ pub struct PinnedImage {
     pub platform: Platform,
 }
 
-pub type ImageRequest = StageRequest<PinnedImage>;
+pub(crate) type ImageRequest = StageRequest<PinnedImage>;
 
 impl ImageRequest {
     /// A request for `pinned` (which names a digest), for trees whose Directory messages
     /// are at most `maximum_message_size_bytes` large.
-    pub fn for_image(
+    pub(crate) fn for_image(
         instance: &Instance,
         pinned: Reference,
         platform: Platform,
@@ -44,7 +44,7 @@ impl ImageRequest {
 }
 
 /// An image source: the plain one with its decorators.
-pub type ImageSource = Source<ImageRequest, ExpandedTree>;
+pub(crate) type ImageSource = Source<ImageRequest, ExpandedTree>;
 
 /// Seconds spent per step of one expansion.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -14,16 +14,16 @@ use std::sync::Arc;
 
 /// What a layer request asks for.
 #[derive(Clone, Debug)]
-pub struct LayerBlob {
+pub(crate) struct LayerBlob {
     /// The image the layer is downloaded from.
     pub pinned: Reference,
     pub layer: LayerDescriptor,
 }
 
-pub type LayerRequest = StageRequest<LayerBlob>;
+pub(crate) type LayerRequest = StageRequest<LayerBlob>;
 
 impl LayerRequest {
-    pub fn for_layer(instance: &Instance, pinned: Reference, layer: LayerDescriptor) -> Self {
+    pub(crate) fn for_layer(instance: &Instance, pinned: Reference, layer: LayerDescriptor) -> Self {
         let key = FakeAction::new(
             instance,
             Step::IngestLayer,
@@ -34,11 +34,11 @@ impl LayerRequest {
 }
 
 /// A layer source: the plain one with its decorators.
-pub type LayerSource = Source<LayerRequest, IngestedLayer>;
+pub(crate) type LayerSource = Source<LayerRequest, IngestedLayer>;
 
 /// The changeset of a layer.
 #[derive(Clone, Debug)]
-pub struct IngestedLayer {
+pub(crate) struct IngestedLayer {
     pub changeset: Arc<LayerChangeset>,
     pub origin: Origin,
     /// Whether this caller ingested the layer (it was in no cache).

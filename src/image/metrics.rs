@@ -118,19 +118,19 @@ static RECORD_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Counts a record found in the Action Cache but not used.
-pub fn record_rejected(step: &str, reason: &str) {
+pub(crate) fn record_rejected(step: &str, reason: &str) {
     RECORDS_REJECTED.with_label_values(&[step, reason]).inc();
 }
 
 /// Counts a write of an engine record.
-pub fn record_write(step: &str, ok: bool) {
+pub(crate) fn record_write(step: &str, ok: bool) {
     RECORD_WRITES
         .with_label_values(&[step, if ok { "ok" } else { "failed" }])
         .inc();
 }
 
 /// Counts a bookkeeping write: `record` is `mapping` or `write_back`.
-pub fn bookkeeping_write(record: &str, ok: bool) {
+pub(crate) fn bookkeeping_write(record: &str, ok: bool) {
     BOOKKEEPING_WRITES
         .with_label_values(&[record, if ok { "ok" } else { "failed" }])
         .inc();
@@ -143,7 +143,7 @@ pub fn action(front_door: &str, outcome: &str) {
 }
 
 /// Counts a cache lookup: `result` is `hit`, `miss` or `incomplete`.
-pub fn cache_lookup(cache: &str, result: &str) {
+pub(crate) fn cache_lookup(cache: &str, result: &str) {
     CACHE_LOOKUPS.with_label_values(&[cache, result]).inc();
 }
 

@@ -26,7 +26,7 @@ use crate::proto::cache::{ImageRecord, LayerChangeset};
 use crate::proto::reapi;
 
 /// A request payload that can tell whether a record read back answers it.
-pub trait ValidatesRecord<R> {
+pub(crate) trait ValidatesRecord<R> {
     /// `Err` with the reason when `record` does not answer this request.
     fn validate(&self, instance: &Instance, record: &R) -> Result<(), String>;
 }

@@ -17,7 +17,7 @@ use tower::{Service, ServiceExt};
 
 /// Expands images fetched from registries.
 #[derive(Clone)]
-pub struct RegistryImageSource {
+pub(crate) struct RegistryImageSource {
     registry: Arc<dyn Registry>,
     chains: ChainSource,
     maximum_image_size_bytes: u64,

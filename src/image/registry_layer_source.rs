@@ -22,7 +22,7 @@ use tower::Service;
 
 /// Ingests layers from registries.
 #[derive(Clone)]
-pub struct RegistryLayerSource {
+pub(crate) struct RegistryLayerSource {
     registry: Arc<dyn Registry>,
     ingester: Arc<LayerIngester>,
     slots: Arc<Semaphore>,

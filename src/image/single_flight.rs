@@ -12,7 +12,7 @@ use tonic::Status;
 
 type Flight<V> = Shared<BoxFuture<'static, Result<V, Arc<Status>>>>;
 
-pub struct SingleFlight<K, V: Clone> {
+pub(crate) struct SingleFlight<K, V: Clone> {
     flights: Arc<Mutex<HashMap<K, Flight<V>>>>,
 }
 
@@ -32,7 +32,8 @@ where
     /// Runs `work` for `key` unless a run for it is in flight, whose result is then
     /// shared. The work runs as a task of its own, so it completes (and fills caches)
     /// even if every caller goes away.
-    pub async fn run<F>(&self, key: K, work: F) -> Result<V, Status>
+    #[cfg(test)]
+    pub(crate) async fn run<F>(&self, key: K, work: F) -> Result<V, Status>
     where
         F: std::future::Future<Output = Result<V, Status>> + Send + 'static,
     {
@@ -43,7 +44,7 @@ where
     /// (`true`) or joined one in flight (`false`, `work` is dropped unpolled). Callers
     /// use it to account for work once: 100 callers sharing one ingestion must not
     /// report 100 ingestions.
-    pub async fn run_and_tell<F>(&self, key: K, work: F) -> Result<(V, bool), Status>
+    pub(crate) async fn run_and_tell<F>(&self, key: K, work: F) -> Result<(V, bool), Status>
     where
         F: std::future::Future<Output = Result<V, Status>> + Send + 'static,
     {
@@ -78,7 +79,8 @@ where
     }
 
     /// Number of computations in flight.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.flights.lock().len()
     }
 }

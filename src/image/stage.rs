@@ -18,7 +18,7 @@ use std::time::Instant;
 use tonic::Status;
 
 /// A stage, boxed so that stacks of decorators compose and clone cheaply.
-pub type Source<Request, Response> = tower::util::BoxCloneSyncService<Request, Response, Status>;
+pub(crate) type Source<Request, Response> = tower::util::BoxCloneSyncService<Request, Response, Status>;
 
 /// Where a response's record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl<P> StageRequest<P> {
     }
 
     /// The same request, to be answered without any cached record.
-    pub fn bypassing_cache(self) -> Self {
+    pub(crate) fn bypassing_cache(self) -> Self {
         Self {
             bypass_cache: true,
             ..self
@@ -65,13 +65,13 @@ impl<P> StageRequest<P> {
     }
 
     /// Identifies the answer within this process: instance and cache key.
-    pub fn local_key(&self) -> (Instance, String) {
+    pub(crate) fn local_key(&self) -> (Instance, String) {
         (self.instance.clone(), self.key.digest.hash.clone())
     }
 }
 
 /// A response of a cached stage.
-pub trait StageResponse: Clone + Send + Sync + 'static {
+pub(crate) trait StageResponse: Clone + Send + Sync + 'static {
     /// The message recorded in the CAS and named by the Action Cache entry.
     type Record: prost::Message + Default + Send + Sync + 'static;
 

@@ -163,7 +163,7 @@ impl TagResolver {
     }
 
     /// Drops the local resolution of `reference` if it still names `digest`.
-    pub fn forget(&self, instance: &Instance, reference: &Reference, digest: &str) {
+    pub(crate) fn forget(&self, instance: &Instance, reference: &Reference, digest: &str) {
         if reference.digest().is_some() {
             return;
         }
@@ -175,7 +175,7 @@ impl TagResolver {
     }
 
     /// Drops every local resolution.
-    pub fn forget_all(&self) {
+    pub(crate) fn forget_all(&self) {
         self.local.lock().clear();
     }
 }

@@ -28,7 +28,7 @@ use tower::{Service, ServiceExt};
 
 /// Builds trees from layer changesets.
 #[derive(Clone)]
-pub struct TreeBuilder {
+pub(crate) struct TreeBuilder {
     cas: Arc<dyn ContentAddressableStorage>,
     layers: LayerSource,
     maximum_message_size_bytes: usize,

@@ -54,7 +54,7 @@ fn host_of_auths_key(key: &str) -> String {
 }
 
 /// Reads the credentials for `host` from the Docker config file at `path`.
-pub fn from_docker_config(path: &str, host: &str) -> Result<RegistryAuth, String> {
+pub(crate) fn from_docker_config(path: &str, host: &str) -> Result<RegistryAuth, String> {
     let text = std::fs::read(path)
         .map_err(|e| format!("Failed to read Docker config file {path:?}: {e}"))?;
     from_docker_config_bytes(&text, host).map_err(|e| format!("Docker config file {path:?}: {e}"))
@@ -122,7 +122,7 @@ pub fn resolve(credentials: Option<&Credentials>, host: &str) -> Result<Registry
 
 /// Secret strings to scrub from messages: passwords, tokens and their base64 forms.
 #[derive(Clone, Default)]
-pub struct Secrets(Vec<String>);
+pub(crate) struct Secrets(Vec<String>);
 
 impl Secrets {
     /// Adds the secrets of `auth`.
@@ -148,7 +148,7 @@ impl Secrets {
     }
 
     /// `text` with every secret replaced by `<redacted>`.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut text = text.to_owned();
         for secret in &self.0 {
             if text.contains(secret.as_str()) {

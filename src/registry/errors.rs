@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 
 /// A failed attempt, with what the retry loop needs to know.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The error to report if no retry succeeds.
     pub status: Status,
     /// Whether another attempt may succeed.
@@ -38,7 +38,7 @@ pub struct Failure {
 
 impl Failure {
     /// A failure that is not worth a retry.
-    pub fn permanent(status: Status) -> Self {
+    pub(crate) fn permanent(status: Status) -> Self {
         Self {
             status,
             retryable: false,
@@ -59,7 +59,7 @@ impl Failure {
 const RATE_LIMIT_DELAY: Duration = Duration::from_secs(2);
 
 /// `error` and its sources, joined with ": ".
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
@@ -97,7 +97,7 @@ fn from_http_status(code: u16, text: String) -> Failure {
 }
 
 /// Classifies an `oci-client` error. `scrub` removes configured secrets from the message.
-pub fn classify(error: OciDistributionError, scrub: &dyn Fn(&str) -> String) -> Failure {
+pub(crate) fn classify(error: OciDistributionError, scrub: &dyn Fn(&str) -> String) -> Failure {
     let text = scrub(&error_chain(&error));
     match &error {
         OciDistributionError::RequestError(e) => {

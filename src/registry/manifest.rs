@@ -22,25 +22,25 @@ use super::reference::validate_digest;
 use crate::layer::LayerDescriptor;
 
 /// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list (schema 2).
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Docker image manifest, schema 1 (refused, L-11).
-pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub(crate) const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 /// Signed Docker image manifest, schema 1 (refused, L-11).
-pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub(crate) const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 /// OCI image config.
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker image config.
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 /// The media types sent in `Accept` when fetching manifests. Schema 1 is listed so that a
 /// registry holding only schema 1 returns it and we can say why it is refused.
-pub const ACCEPTED_MANIFEST_MEDIA_TYPES: &[&str] = &[
+pub(crate) const ACCEPTED_MANIFEST_MEDIA_TYPES: &[&str] = &[
     OCI_INDEX,
     OCI_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -50,12 +50,12 @@ pub const ACCEPTED_MANIFEST_MEDIA_TYPES: &[&str] = &[
 ];
 
 /// Whether `media_type` is an image manifest we can use (L-10).
-pub fn is_manifest_media_type(media_type: &str) -> bool {
+pub(crate) fn is_manifest_media_type(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
 }
 
 /// Whether `media_type` is an index or manifest list (L-10).
-pub fn is_index_media_type(media_type: &str) -> bool {
+pub(crate) fn is_index_media_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
 
@@ -116,7 +116,7 @@ pub struct Index {
 /// An OCI image manifest or Docker schema 2 manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageManifest {
+pub(crate) struct ImageManifest {
     /// Must be 2.
     #[serde(default)]
     pub schema_version: i64,
@@ -132,7 +132,7 @@ pub struct ImageManifest {
 
 /// The parts of an image config (OCI config.md) that this service uses.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct ImageConfig {
+pub(crate) struct ImageConfig {
     /// CPU architecture the image was built for.
     #[serde(default)]
     pub architecture: String,
@@ -148,7 +148,7 @@ pub struct ImageConfig {
 
 /// `rootfs` of an image config.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct RootFs {
+pub(crate) struct RootFs {
     /// Must be `layers`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -159,7 +159,7 @@ pub struct RootFs {
 
 /// A manifest document, classified.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Manifest {
+pub(crate) enum Manifest {
     /// An index or manifest list, with its media type.
     Index(String, Index),
     /// An image manifest, with its media type.
@@ -185,7 +185,7 @@ fn unusable(message: String) -> Status {
 
 /// Parses a manifest or index. `declared` is the media type its referrer (an index entry)
 /// gave, if any.
-pub fn parse_manifest(body: &[u8], declared: Option<&str>) -> Result<Manifest, Status> {
+pub(crate) fn parse_manifest(body: &[u8], declared: Option<&str>) -> Result<Manifest, Status> {
     let probe: Probe = serde_json::from_slice(body)
         .map_err(|e| unusable(format!("Manifest is not valid JSON: {e}")))?;
     let media_type = probe
@@ -238,7 +238,7 @@ pub fn parse_manifest(body: &[u8], declared: Option<&str>) -> Result<Manifest, S
 }
 
 /// Checks the config descriptor of `manifest` before the config is fetched (L-16).
-pub fn check_config_descriptor(manifest: &ImageManifest) -> Result<(), Status> {
+pub(crate) fn check_config_descriptor(manifest: &ImageManifest) -> Result<(), Status> {
     let config = &manifest.config;
     match config.media_type.as_deref() {
         Some(OCI_CONFIG) | Some(DOCKER_CONFIG) => {}
@@ -267,7 +267,7 @@ fn validate_descriptor(descriptor: &Descriptor, what: &str) -> Result<(), Status
 
 /// Parses an image config and checks it against its manifest (L-15, L-16, L-17), returning
 /// one [`LayerDescriptor`] per layer position, DiffIDs paired in order.
-pub fn parse_config(
+pub(crate) fn parse_config(
     manifest: &ImageManifest,
     body: &[u8],
 ) -> Result<(ImageConfig, Vec<LayerDescriptor>), Status> {

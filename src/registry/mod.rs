@@ -24,7 +24,7 @@ pub mod configuration;
 pub mod credentials;
 pub mod errors;
 pub mod manifest;
-pub mod oci_registry;
+pub(crate) mod oci_registry;
 pub mod platform;
 pub mod reference;
 pub mod retry;

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use tonic::Status;
 
 /// The registry that stands for Docker Hub in normalised references.
-pub const DOCKER_HUB_REGISTRY: &str = "docker.io";
+pub(crate) const DOCKER_HUB_REGISTRY: &str = "docker.io";
 const DOCKER_HUB_LEGACY_REGISTRIES: &[&str] = &["index.docker.io", "registry-1.docker.io"];
 const DEFAULT_TAG: &str = "latest";
 const TRANSPORT_PREFIX: &str = "docker://";

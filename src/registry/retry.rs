@@ -16,11 +16,11 @@ use tracing::debug;
 use super::errors::Failure;
 
 /// The longest wait between two attempts.
-pub const MAXIMUM_DELAY: Duration = Duration::from_secs(30);
+pub(crate) const MAXIMUM_DELAY: Duration = Duration::from_secs(30);
 
 /// How requests are retried.
 #[derive(Clone, Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Retries after the first attempt.
     pub maximum_retries: u32,
     /// Wait before the first retry.

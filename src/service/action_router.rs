@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 const REQUEST_METADATA: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.RequestMetadata";
 
-pub struct ExpandingActionRouter {
+pub(crate) struct ExpandingActionRouter {
     rewriter: Arc<ActionRewriter>,
 }
 

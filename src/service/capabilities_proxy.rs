@@ -10,7 +10,7 @@ use crate::proto::reapi::{GetCapabilitiesRequest, ServerCapabilities};
 use tonic::{Request, Response, Status};
 
 #[derive(Clone)]
-pub struct CapabilitiesProxy {
+pub(crate) struct CapabilitiesProxy {
     scheduler: CapabilitiesClient<GrpcChannel>,
 }
 

@@ -36,7 +36,7 @@ impl ExecutionProxy {
     }
 
     /// Sends an ExecuteRequest upstream and relays its operations.
-    pub async fn forward_execute(
+    pub(crate) async fn forward_execute(
         &self,
         request: ExecuteRequest,
         timeout: Option<Duration>,
@@ -52,7 +52,7 @@ impl ExecutionProxy {
     }
 
     /// Sends a WaitExecutionRequest upstream and relays its operations.
-    pub async fn forward_wait_execution(
+    pub(crate) async fn forward_wait_execution(
         &self,
         request: WaitExecutionRequest,
         timeout: Option<Duration>,
@@ -69,7 +69,7 @@ impl ExecutionProxy {
 }
 
 /// An outgoing request carrying the client's deadline, if it gave one.
-pub fn with_timeout<T>(message: T, timeout: Option<Duration>) -> Request<T> {
+pub(crate) fn with_timeout<T>(message: T, timeout: Option<Duration>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(t) = timeout {
         request.set_timeout(t);
@@ -84,7 +84,7 @@ fn relay(stream: tonic::Streaming<Operation>, context: &'static str) -> Operatio
 }
 
 /// The deadline the client gave, from its `grpc-timeout` header.
-pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = amount.parse().ok()?;

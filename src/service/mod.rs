@@ -3,13 +3,13 @@
 //! (router mode), and `grpc.health.v1.Health`.
 
 pub mod action_router;
-pub mod capabilities_proxy;
+pub(crate) mod capabilities_proxy;
 pub mod execution_proxy;
-pub mod expanding_execution;
-pub mod operation_names;
-pub mod upstream_status;
+pub(crate) mod expanding_execution;
+pub(crate) mod operation_names;
+pub(crate) mod upstream_status;
 
-pub use action_router::ExpandingActionRouter;
-pub use capabilities_proxy::CapabilitiesProxy;
+pub(crate) use action_router::ExpandingActionRouter;
+pub(crate) use capabilities_proxy::CapabilitiesProxy;
 pub use execution_proxy::ExecutionProxy;
 pub use expanding_execution::ExpandingExecution;

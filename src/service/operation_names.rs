@@ -18,7 +18,7 @@
 use tonic::Status;
 
 /// What separates the instance name from the scheduler's operation name.
-pub const SEPARATOR: &str = "/operations/";
+pub(crate) const SEPARATOR: &str = "/operations/";
 
 /// Path segments REAPI reserves, which no instance name may contain.
 const RESERVED_SEGMENTS: &[&str] = &[
@@ -49,7 +49,7 @@ pub fn parse(name: &str) -> (&str, &str) {
 
 /// Refuses instance names that REAPI does not allow: reserved path segments, empty
 /// segments, and leading or trailing slashes.
-pub fn validate_instance_name(instance_name: &str) -> Result<(), Status> {
+pub(crate) fn validate_instance_name(instance_name: &str) -> Result<(), Status> {
     if instance_name.is_empty() {
         return Ok(());
     }

@@ -8,7 +8,7 @@
 use tonic::{Code, Status};
 
 /// Maps a status received from the upstream call.
-pub fn from_upstream(status: Status, context: &str) -> Status {
+pub(crate) fn from_upstream(status: Status, context: &str) -> Status {
     let connection_failure = match status.code() {
         // tonic reports broken connections and HTTP/2 resets as UNKNOWN or INTERNAL
         // with a transport error as source.
