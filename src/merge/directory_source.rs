@@ -56,3 +56,25 @@ impl DirectorySource for CasDirectorySource {
         self.instance.digest_function
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::MemoryContentAddressableStorage;
+
+    const F: DigestFunction = DigestFunction::Sha256;
+
+    #[tokio::test]
+    async fn cas_source_reads_the_empty_directory_without_a_request() {
+        let cas: Arc<dyn ContentAddressableStorage> =
+            Arc::new(MemoryContentAddressableStorage::new(1024));
+        let source = CasDirectorySource::new(cas, Instance::new("", F));
+        let empty = source.get_directory(&F.empty_digest()).await.unwrap();
+        assert_eq!(*empty, reapi::Directory::default());
+        let missing = source
+            .get_directory(&F.digest_of(b"not there"))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+    }
+}

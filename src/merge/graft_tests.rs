@@ -1,125 +1,25 @@
-//! Tests of `graft.rs` and `checks.rs`, on trees stored in an in-memory CAS and read
-//! through a source that records what it reads.
+//! Tests of `merger.rs`, `graft.rs` and `stack.rs`, on trees stored in an in-memory CAS
+//! and read through a source that records what it reads.
 
-use super::checks::{check_output_paths, check_usr_bin_env, check_working_directory};
-use super::directory_source::{CasDirectorySource, DirectorySource};
-use super::graft::{graft, merge, stack_images, MergeOptions, MergePolicy, MergedTree};
+use super::directory_source::DirectorySource;
+use super::graft::graft;
 use super::load::load_from;
-use crate::blobstore::{ContentAddressableStorage, Instance, MemoryContentAddressableStorage};
-use crate::digest::DigestFunction;
-use crate::proto::cache::LayerEntry;
+use super::merger::{MergeOptions, MergePolicy, MergedTree};
+use super::stack::stack_images;
+use super::test_support::*;
 use crate::proto::reapi;
 use crate::tree::test_support::*;
-use crate::tree::{encode, error_name, Directory};
-use async_trait::async_trait;
-use parking_lot::Mutex;
-use std::sync::Arc;
+use crate::tree::{encode, error_name};
 use tonic::Status;
 
-const MAX: usize = 1 << 20;
-
-/// A CAS-backed source that records every digest it is asked for.
-struct Recording {
-    inner: CasDirectorySource,
-    cas: Arc<MemoryContentAddressableStorage>,
-    reads: Mutex<Vec<reapi::Digest>>,
-}
-
-#[async_trait]
-impl DirectorySource for Recording {
-    async fn get_directory(&self, digest: &reapi::Digest) -> Result<Arc<reapi::Directory>, Status> {
-        self.reads.lock().push(digest.clone());
-        self.inner.get_directory(digest).await
-    }
-
-    fn digest_function(&self) -> DigestFunction {
-        F
-    }
-}
-
-impl Recording {
-    fn new() -> Self {
-        let cas = Arc::new(MemoryContentAddressableStorage::new(1 << 24));
-        Self {
-            inner: CasDirectorySource::new(cas.clone(), instance()),
-            cas,
-            reads: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Stores the tree the entries make (one layer) and returns its root digest.
-    async fn store(&self, entries: Vec<LayerEntry>) -> reapi::Digest {
-        self.store_tree(&apply_all(vec![entries]).unwrap()).await
-    }
-
-    async fn store_tree(&self, tree: &Directory) -> reapi::Digest {
-        let encoded = encode(tree, F, MAX).unwrap();
-        self.upload(encoded.directories).await;
-        encoded.root
-    }
-
-    async fn upload(&self, directories: Vec<(reapi::Digest, bytes::Bytes)>) {
-        for (d, b) in directories {
-            self.cas.put(&instance(), &d, b).await.unwrap();
-        }
-    }
-
-    /// Uploads what a merge wrote and lists the merged tree.
-    async fn listing_of(&self, merged: &MergedTree) -> Vec<String> {
-        self.upload(merged.directories.clone()).await;
-        listing(&load_from(self, &merged.root).await.unwrap())
-    }
-
-    fn forget_reads(&self) {
-        self.reads.lock().clear();
-    }
-
-    fn was_read(&self, digest: &reapi::Digest) -> bool {
-        self.reads.lock().contains(digest)
-    }
-}
-
-fn instance() -> Instance {
-    Instance::new("", F)
-}
-
-fn strict() -> MergeOptions {
-    MergeOptions {
-        policy: MergePolicy::Strict,
-        max_message_size: MAX,
-    }
-}
-
-fn input_wins() -> MergeOptions {
-    MergeOptions {
-        policy: MergePolicy::InputWins,
-        max_message_size: MAX,
-    }
-}
-
-fn lines(expected: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
-/// The digest of the directory at `path` in the in-memory tree the entries make.
-fn subtree_digest(entries: Vec<LayerEntry>, path: &str) -> reapi::Digest {
-    let tree = apply_all(vec![entries]).unwrap();
-    let parts: Vec<&str> = path.split('/').collect();
-    encode(tree.directory_at(&parts).unwrap(), F, MAX)
-        .unwrap()
-        .root
-}
-
-fn image() -> Vec<LayerEntry> {
-    vec![
-        exe("usr/bin/env", "env"),
-        file("usr/lib/libc.so", "libc"),
-        symlink("bin", "usr/bin"),
-        file("etc/passwd", "root"),
-        dir("workspace"),
-    ]
+/// Merges `upper` over `lower` at the root: a graft at the empty mount path.
+async fn merge(
+    source: &dyn DirectorySource,
+    lower: &reapi::Digest,
+    upper: &reapi::Digest,
+    options: &MergeOptions,
+) -> Result<MergedTree, Status> {
+    graft(source, lower, upper, "", options).await
 }
 
 #[tokio::test]
@@ -443,145 +343,4 @@ async fn grafting_trees_of_the_deepest_allowed_depth() {
         .await
         .unwrap();
     assert_eq!(merged.directories.len(), crate::tree::MAX_DEPTH);
-}
-
-// ---- checks.rs ----
-
-#[tokio::test]
-async fn working_directory_must_be_a_real_directory() {
-    let s = Recording::new();
-    let root = s
-        .store(vec![dir("b/work/pkg"), symlink("l", "b"), file("f", "1")])
-        .await;
-    check_working_directory(&s, &root, "b/work/pkg")
-        .await
-        .unwrap();
-    check_working_directory(&s, &root, "").await.unwrap();
-    let cases = [
-        (
-            "b/missing/x",
-            "WorkingDirectoryNotFound: working directory \"b/missing/x\": \"b/missing\" does not exist in the input root",
-        ),
-        (
-            "l/work",
-            "WorkingDirectoryNotADirectory: working directory \"l/work\": \"l\" is a symlink in the input root",
-        ),
-        (
-            "f",
-            "WorkingDirectoryNotADirectory: working directory \"f\": \"f\" is a regular file in the input root",
-        ),
-    ];
-    for (wd, message) in cases {
-        let err = check_working_directory(&s, &root, wd).await.unwrap_err();
-        assert_eq!(err.message(), message);
-    }
-}
-
-#[tokio::test]
-async fn output_paths_must_not_be_blocked_by_or_be_image_content() {
-    let s = Recording::new();
-    let image_root = s
-        .store(vec![
-            dir("w"),
-            symlink("w/out", "/tmp"),
-            file("w/file", "1"),
-            dir("w/existing"),
-            file("lib/x", "1"),
-        ])
-        .await;
-    let input_root = s.store(vec![file("from_input", "2"), dir("gen")]).await;
-    let merged = graft(&s, &image_root, &input_root, "w", &strict())
-        .await
-        .unwrap();
-    s.upload(merged.directories.clone()).await;
-    let ok = ["new/deep/x", "gen/y", "from_input", "../lib/new"].map(String::from);
-    check_output_paths(&s, &image_root, &merged.root, "w", &ok)
-        .await
-        .unwrap();
-    let cases = [
-        (
-            "out/x",
-            "OutputPathBlockedByImage: output path \"out/x\": \"w/out\" is a symlink in the merged input root, so the worker cannot create the output there",
-        ),
-        (
-            "file/x",
-            "OutputPathBlockedByImage: output path \"file/x\": \"w/file\" is a regular file in the merged input root, so the worker cannot create the output there",
-        ),
-        (
-            "file",
-            "OutputPathBlockedByImage: output path \"file\": \"w/file\" is a regular file in the image, so the worker cannot create the output there",
-        ),
-        (
-            "existing",
-            "OutputPathExistsInImage: output path \"existing\": \"w/existing\" is already a directory of the image",
-        ),
-        (
-            "../lib/x",
-            "OutputPathBlockedByImage: output path \"../lib/x\": \"lib/x\" is a regular file in the image, so the worker cannot create the output there",
-        ),
-    ];
-    for (output, message) in cases {
-        let err = check_output_paths(&s, &image_root, &merged.root, "w", &[output.to_string()])
-            .await
-            .unwrap_err();
-        assert_eq!(err.message(), message);
-    }
-}
-
-#[tokio::test]
-async fn usr_bin_env_is_found_through_symlinks() {
-    let s = Recording::new();
-    let ok_images = [
-        vec![exe("usr/bin/env", "env")],
-        // usrmerge the other way round, and a busybox-style absolute symlink.
-        vec![
-            symlink("usr/bin", "../bin"),
-            symlink("bin/env", "/bin/busybox"),
-            exe("bin/busybox", "bb"),
-        ],
-        vec![symlink("usr", "/real/usr"), exe("real/usr/bin/env", "env")],
-    ];
-    for entries in ok_images {
-        let root = s.store(entries).await;
-        check_usr_bin_env(&s, &root).await.unwrap();
-    }
-    let bad_images = [
-        (vec![file("etc/x", "1")], "does not exist"),
-        (
-            vec![file("usr/bin/env", "env")],
-            "is a file that is not executable",
-        ),
-        (vec![dir("usr/bin/env")], "is a directory"),
-        (
-            vec![symlink("usr/bin/env", "env")],
-            "resolves through too many symlinks",
-        ),
-        (vec![exe("usr/bin", "x")], "does not exist"),
-    ];
-    for (entries, problem) in bad_images {
-        let root = s.store(entries).await;
-        let err = check_usr_bin_env(&s, &root).await.unwrap_err();
-        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert_eq!(
-            err.message(),
-            format!(
-                "MissingUsrBinEnv: \"usr/bin/env\" {problem} in the merged input root; bb_runner \
-                 with chroot_into_input_root runs every command through /usr/bin/env (reapi.md R-31)"
-            )
-        );
-    }
-}
-
-#[tokio::test]
-async fn cas_source_reads_the_empty_directory_without_a_request() {
-    let cas: Arc<dyn ContentAddressableStorage> =
-        Arc::new(MemoryContentAddressableStorage::new(1024));
-    let source = CasDirectorySource::new(cas, instance());
-    let empty = source.get_directory(&F.empty_digest()).await.unwrap();
-    assert_eq!(*empty, reapi::Directory::default());
-    let missing = source
-        .get_directory(&F.digest_of(b"not there"))
-        .await
-        .unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound);
 }

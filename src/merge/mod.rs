@@ -8,8 +8,9 @@
 //!   CAS across actions, and [`CachingDirectorySource`], which reads through it;
 //! - `remote_directory.rs`: a stored `Directory` message as a map of its children, and
 //!   back;
-//! - `graft.rs`: [`graft`] (the input root into the image at a mount path) and
-//!   [`stack_images`] (several images, later over earlier);
+//! - `merger.rs`: one stored directory merged into another, per [`MergePolicy`];
+//! - `graft.rs`: [`graft`], the input root into the image at a mount path;
+//! - `stack.rs`: [`stack_images`], several images, each later one over the earlier;
 //! - `checks.rs`: the checks on the merged tree: working directory, output paths,
 //!   `usr/bin/env`.
 //!
@@ -20,14 +21,22 @@ mod checks;
 mod directory_cache;
 mod directory_source;
 mod graft;
+mod merger;
 mod remote_directory;
+mod stack;
 
+#[cfg(test)]
+mod checks_tests;
 #[cfg(test)]
 mod graft_tests;
 #[cfg(test)]
 mod load;
+#[cfg(test)]
+mod test_support;
 
 pub use checks::{check_output_paths, check_usr_bin_env, check_working_directory};
 pub use directory_cache::{CachingDirectorySource, DirectoryCache};
 pub use directory_source::{CasDirectorySource, DirectorySource};
-pub use graft::{graft, merge, stack_images, MergeOptions, MergePolicy, MergedTree};
+pub use graft::graft;
+pub use merger::{MergeOptions, MergePolicy, MergedTree};
+pub use stack::stack_images;
