@@ -2,7 +2,7 @@
 //! with it, and validation of the `Digest` messages clients send.
 //!
 //! These digests have nothing to do with the `sha256:` digests of OCI registries (see
-//! `registry`): a file's REAPI digest uses the instance's digest function (reapi.md R-07).
+//! `registry`): a file's REAPI digest uses the instance's digest function (docs/design/directories.md#digests).
 
 use crate::proto::reapi;
 use reapi::digest_function::Value as DigestFunctionValue;
@@ -89,7 +89,7 @@ impl DigestFunction {
     }
 
     /// Checks that `digest` is well-formed for this function: a lower-case hexadecimal
-    /// hash of the right length and a non-negative size (reapi.md R-23).
+    /// hash of the right length and a non-negative size (docs/design/directories.md#what-buildbarn-rejects).
     pub fn validate(self, digest: &reapi::Digest) -> Result<(), Status> {
         if digest.hash.len() != self.hash_length() {
             return Err(Status::invalid_argument(format!(

@@ -1,4 +1,4 @@
-//! End to end with a real client (issue 4): Bazel 4.2.3 (Debian `bazel-bootstrap`) →
+//! End to end with a real client: Bazel 4.2.3 (Debian `bazel-bootstrap`) →
 //! bb-container-expander in proxy mode → a scheduler + worker that chroots into the
 //! forwarded input root (`support::chroot_worker`, needs root).
 //!

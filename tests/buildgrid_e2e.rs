@@ -1,4 +1,4 @@
-//! End to end against a real REAPI scheduler (issue 8): Bazel 4.2.3 → bb-container-expander
+//! End to end against a real REAPI scheduler: Bazel 4.2.3 → bb-container-expander
 //! in proxy mode (in process) → BuildGrid 0.9.1, which serves only the instance `main`
 //! and hands the actions to a chroot worker of its Bots API (`support::buildgrid`).
 //!

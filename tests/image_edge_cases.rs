@@ -56,7 +56,7 @@ async fn push(server: &RegistryServer, repo: &str, image: &Image) -> String {
 
 #[tokio::test]
 async fn repeated_layers_are_applied_at_every_position() {
-    // L-17: [A, B, A] ends with A's content, and A's whiteout applies again.
+    // docs/design/layers.md#repeated-layers: [A, B, A] ends with A's content, and A's whiteout applies again.
     let server = RegistryServer::start();
     let a = layer(
         &[file("etc/state", "A"), whiteout("etc/.wh.extra")],
@@ -86,7 +86,7 @@ async fn repeated_layers_are_applied_at_every_position() {
 #[tokio::test]
 async fn empty_layers_large_files_and_many_files() {
     let server = RegistryServer::start();
-    // L-21: a zero-byte blob is an empty layer, whatever its media type says.
+    // docs/design/layers.md#compression: a zero-byte blob is an empty layer, whatever its media type says.
     let empty = Layer {
         media_type: Flavor::Oci.layer_media_type(Compression::Gzip).into(),
         blob: Bytes::new(),
@@ -170,7 +170,7 @@ async fn instances_and_digest_functions_do_not_share_entries() {
     let b = expander.expand(&other, &reference, &amd64()).await.unwrap();
     assert_eq!(b.layers_ingested, 1, "instance names partition the caches");
     assert_eq!(b.root_directory_digest, a.root_directory_digest);
-    // The tree is built with the instance's digest function (L-80).
+    // The tree is built with the instance's digest function (docs/design/directories.md#canonical-form).
     let sha512 = Instance::new("", DigestFunction::Sha512);
     let c = expander
         .expand(&sha512, &reference, &amd64())
@@ -257,7 +257,7 @@ async fn limits_and_options() {
     );
     let reference = push(&server, "test/wide", &image(&[&wide])).await;
 
-    // L-85: a Directory over the message size limit is an error naming the directory.
+    // docs/design/directories.md#message-size: a Directory over the message size limit is an error naming the directory.
     let env = Env::new();
     let small_messages = env.expander(
         registry_for(&server.host()),
@@ -363,20 +363,20 @@ async fn more_bad_layers_are_refused() {
     };
     refused(&server, "test/junk", &not_tar, &[]).await;
 
-    // A hard link whose target leaves the root (L-36).
+    // A hard link whose target leaves the root (docs/design/layers.md#path-normalisation).
     let outside = layer(
         &[file("etc/a", "a"), link("etc/b", "../../etc/a")],
         Compression::Gzip,
     );
     refused(&server, "test/outside", &outside, &["../../etc/a"]).await;
 
-    // A `.wh.` name used as a parent directory (L-54), and an empty whiteout (L-50).
+    // A `.wh.` name used as a parent directory (docs/design/layers.md#whiteouts), and an empty whiteout (docs/design/layers.md#whiteouts).
     let middle_whiteout = layer(&[file(".wh.etc/passwd", "x")], Compression::Gzip);
     refused(&server, "test/whparent", &middle_whiteout, &[".wh.etc"]).await;
     let empty_whiteout = layer(&[whiteout("etc/.wh.")], Compression::Gzip);
     refused(&server, "test/whempty", &empty_whiteout, &[".wh."]).await;
 
-    // An unsupported layer media type (L-19).
+    // An unsupported layer media type (docs/design/layers.md#compression).
     let encrypted = layer(&[file("a", "a")], Compression::Gzip)
         .with_media_type("application/vnd.oci.image.layer.v1.tar+gzip+encrypted");
     let reference = push(&server, "test/encrypted", &image(&[&encrypted])).await;
@@ -400,7 +400,7 @@ async fn more_bad_layers_are_refused() {
 /// data: no padding to 512 bytes, no end-of-archive blocks. Go's archive/tar (docker,
 /// containerd, umoci) reads that as a normal end (`tryReadFull` of the padding hits EOF at
 /// once), so such layers run everywhere; a stream that ends *inside* file data or a
-/// header is still an error (L-32).
+/// header is still an error (docs/design/layers.md#tar-parsing).
 #[tokio::test]
 async fn tar_ending_right_after_the_last_file_data_is_accepted() {
     let server = RegistryServer::start();

@@ -1,5 +1,5 @@
-//! The image engine (issue 3) against a real CNCF Distribution registry (`docker-registry`
-//! on 127.0.0.1): trees checked node by node against layers.md, caching in the Action
+//! The image engine against a real CNCF Distribution registry (`docker-registry`
+//! on 127.0.0.1): trees checked node by node against docs/design/layers.md, caching in the Action
 //! Cache, completeness after eviction, in-flight deduplication, and faults that must
 //! yield clear errors and leave nothing cached. Needs the Debian package `docker-registry`
 //! (and `apache2-utils` for basic auth); without it the tests fail.
@@ -30,7 +30,7 @@ use support::registry_server::RegistryServer;
 use support::sha256;
 
 // ---------------------------------------------------------------------------------------
-// A three-layer image exercising the layer rules, and the tree layers.md says it gives.
+// A three-layer image exercising the layer rules, and the tree docs/design/layers.md says it gives.
 // ---------------------------------------------------------------------------------------
 
 fn base_layer() -> Vec<TarEntry> {
@@ -63,44 +63,44 @@ fn base_layer() -> Vec<TarEntry> {
 
 fn middle_layer() -> Vec<TarEntry> {
     vec![
-        // L-51: a file whiteout, and a whole directory whited out with its subtree.
+        // docs/design/layers.md#whiteouts: a file whiteout, and a whole directory whited out with its subtree.
         whiteout("etc/.wh.hosts"),
         whiteout("var/.wh.cache"),
-        // L-40/L-52: the same layer's entry survives its opaque marker, in either order.
+        // docs/design/layers.md#two-passes, #opaque-directories: the same layer's entry survives its opaque marker, in either order.
         file("opt/app/new.txt", "new"),
         whiteout("opt/app/.wh..wh..opq"),
-        // L-42: the parent `lib` is a symlink to usr/lib and is followed.
+        // docs/design/layers.md#parent-resolution: the parent `lib` is a symlink to usr/lib and is followed.
         file("lib/libextra.so", "EXTRA"),
         file("etc/passwd", "root:x:0:0::/root:/bin/bash\n"),
-        // L-61: hard links to lower-layer files; L-60: exec bit from the link's header.
+        // docs/design/layers.md#hard-links: hard links to lower-layer files; docs/design/layers.md#hard-links: exec bit from the link's header.
         TarEntry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
         link("etc/group.bak", "etc/group"),
         TarEntry::Link("usr/bin/ls-noexec".into(), "usr/bin/ls".into(), 0o644),
-        // L-41: implied parents.
+        // docs/design/layers.md#implied-parents: implied parents.
         file("deep/a/b/c/file", "deep"),
-        // L-53: whiteout, then a re-add in the same layer holds only the new children.
+        // docs/design/layers.md#whiteouts: whiteout, then a re-add in the same layer holds only the new children.
         whiteout("home/.wh.user"),
         file("home/user/new", "fresh"),
-        // L-41: a whiteout-only entry still creates its parent directories.
+        // docs/design/layers.md#implied-parents: a whiteout-only entry still creates its parent directories.
         whiteout("nowhere/x/.wh.y"),
     ]
 }
 
 fn top_layer() -> Vec<TarEntry> {
     vec![
-        // L-62: the earlier hard link keeps the old content.
+        // docs/design/layers.md#hard-links: the earlier hard link keeps the old content.
         file("etc/group", "root:x:0:user\n"),
-        // L-51: only the symlink goes, not its target.
+        // docs/design/layers.md#whiteouts: only the symlink goes, not its target.
         whiteout("usr/lib/.wh.libc.so"),
-        // L-51: the whiteout's parent `bin` resolves through the symlink to usr/bin.
+        // docs/design/layers.md#whiteouts: the whiteout's parent `bin` resolves through the symlink to usr/bin.
         whiteout("bin/.wh.ls"),
         file("tmp/.keep", ""),
-        // L-74: devices and FIFOs are omitted; their parent stays.
+        // docs/design/layers.md#devices-and-fifos: devices and FIFOs are omitted; their parent stays.
         TarEntry::CharDevice("dev/null".into()),
         TarEntry::Fifo("dev/initctl".into()),
-        // L-62: sh was a copy of busybox, so it keeps the old content.
+        // docs/design/layers.md#hard-links: sh was a copy of busybox, so it keeps the old content.
         exe("usr/bin/busybox", "BUSYBOX2"),
-        // L-70: exec if any x bit.
+        // docs/design/layers.md#executable-bit: exec if any x bit.
         TarEntry::File("usr/bin/group-exec".into(), b"G".to_vec(), 0o610),
         TarEntry::File("usr/bin/setuid".into(), b"S".to_vec(), 0o4755),
     ]
@@ -253,7 +253,7 @@ async fn multi_layer_image_tree_follows_the_layer_rules() {
             .collect::<Vec<_>>(),
         vec![("bin", "usr/bin"), ("lib", "usr/lib")]
     );
-    // Empty directories are the empty Directory (L-82).
+    // Empty directories are the empty Directory (docs/design/directories.md#canonical-form).
     let dev = root.directories.iter().find(|d| d.name == "dev").unwrap();
     assert_eq!(
         dev.digest.as_ref().unwrap().hash,
@@ -263,8 +263,8 @@ async fn multi_layer_image_tree_follows_the_layer_rules() {
 
 #[tokio::test]
 async fn a_directory_entry_replaces_a_symlink_and_a_file_replaces_a_directory() {
-    // L-44: `lib/` as a directory entry over `lib -> usr/lib` replaces the symlink;
-    // L-45: a file over a directory removes the subtree; L-46: a symlink over a file.
+    // docs/design/layers.md#replacing-entries: `lib/` as a directory entry over `lib -> usr/lib` replaces the symlink;
+    // docs/design/layers.md#replacing-entries: a file over a directory removes the subtree; docs/design/layers.md#replacing-entries: a symlink over a file.
     let server = RegistryServer::start();
     let flavor = Flavor::Oci;
     let image = ImageBuilder::new(flavor)
@@ -284,7 +284,7 @@ async fn a_directory_entry_replaces_a_symlink_and_a_file_replaces_a_directory() 
                 file("lib/own.so", "OWN"),
                 file("srv", "now a file"),
                 symlink("etc/motd", "/usr/share/motd"),
-                // Duplicate path in one layer: last wins (L-47).
+                // Duplicate path in one layer: last wins (docs/design/layers.md#replacing-entries).
                 file("etc/issue", "first"),
                 file("etc/issue", "second"),
             ]),
@@ -672,7 +672,7 @@ async fn concurrent_expansions_of_a_cold_image_ingest_each_layer_once() {
     for layer in &layers {
         builder = builder.layer(layer.clone());
     }
-    // The base repeated on top (L-17): 5 positions, 4 distinct layers.
+    // The base repeated on top (docs/design/layers.md#repeated-layers): 5 positions, 4 distinct layers.
     let image = builder.layer(layers[0].clone()).build();
     server
         .pusher()
@@ -989,7 +989,7 @@ async fn hard_link_to_a_missing_target_is_refused() {
         &[&reference, &layer.digest, "DanglingHardlink", "etc/missing"],
     );
     // The layer's changeset is valid on its own (over a lower layer holding the target
-    // the link would work, L-61), so at most its ingest-layer record may remain; nothing
+    // the link would work, docs/design/layers.md#hard-links), so at most its ingest-layer record may remain; nothing
     // for the image, its chain or its tag.
     let layer_key = FakeAction::new(
         &env.instance,

@@ -2,10 +2,10 @@
 //! `umoci`): the same image is pushed to a real registry (`docker-registry` on 127.0.0.1)
 //! and expanded by us, and written as an OCI image layout and unpacked by umoci. The two
 //! trees must be equal in paths, file contents, exec bits (any x bit) and symlink targets,
-//! except where layers.md documents a DECISION; those differences are listed explicitly
+//! except where docs/design/layers.md documents a DECISION; those differences are listed explicitly
 //! in each test, with the rule.
 //!
-//! Two images: hand-made layers with every construct layers.md §7 discusses, and a
+//! Two images: hand-made layers with every construct docs/design/layers.md#where-we-differ discusses, and a
 //! realistic Debian userland built from this machine's own /etc, /usr/bin and
 //! /usr/lib/x86_64-linux-gnu (usrmerge symlinks, hard links, thousands of files), plus an
 //! "upgrade" layer with whiteouts and an opaque directory.
@@ -24,7 +24,7 @@ use support::images::{
 };
 use support::registry_server::RegistryServer;
 
-/// A difference between our tree and umoci's that layers.md decides on purpose.
+/// A difference between our tree and umoci's that docs/design/layers.md decides on purpose.
 struct Expected {
     path: &'static str,
     ours: Option<Node>,
@@ -34,7 +34,7 @@ struct Expected {
 
 /// Pushes `image`, expands it, materializes our tree, unpacks the layout with umoci, and
 /// compares, allowing exactly the `expected` differences (and `umoci_specials`, paths
-/// umoci creates as device nodes or FIFOs, which REAPI cannot express, L-74).
+/// umoci creates as device nodes or FIFOs, which REAPI cannot express, docs/design/layers.md#devices-and-fifos).
 async fn differential(
     image: &Image,
     repo: &str,
@@ -151,13 +151,13 @@ async fn hand_made_layers_match_umoci() {
         file("srv/www/index.html", "<html>"),
         symlink("etc/localtime", "/usr/share/zoneinfo/UTC"),
         symlink("dangling", "/does/not/exist"),
-        // A hard link to a symlink links the symlink itself (L-60).
+        // A hard link to a symlink links the symlink itself (docs/design/layers.md#hard-links).
         TarEntry::Link(
             "usr/lib/libc-link.so".into(),
             "usr/lib/libc.so".into(),
             0o777,
         ),
-        // The target's parent resolves through a symlink (L-60, L-42).
+        // The target's parent resolves through a symlink (docs/design/layers.md#hard-links, #parent-resolution).
         TarEntry::Link("etc/ls-via-bin".into(), "bin/ls".into(), 0o755),
         // A chain of symlinks with `..` (followed in the middle layer).
         symlink("hop1", "hop2/inner"),
@@ -172,9 +172,9 @@ async fn hand_made_layers_match_umoci() {
         whiteout("opt/app/.wh..wh..opq"),
         file("lib/libextra.so", "EXTRA"),
         file("hop1/x", "through three symlinks"),
-        // An absolute symlink parent resolves inside the image (L-42).
+        // An absolute symlink parent resolves inside the image (docs/design/layers.md#parent-resolution).
         file("lib64/libabs.so", "ABS"),
-        // A relative symlink climbing above the root is clamped (L-43).
+        // A relative symlink climbing above the root is clamped (docs/design/layers.md#parent-resolution).
         file("escape/etc/clamped", "CLAMPED"),
         file("etc/passwd", "root:x:0:0::/root:/bin/bash\n"),
         TarEntry::Link("sbin/ls".into(), "usr/bin/ls".into(), 0o755),
@@ -182,14 +182,14 @@ async fn hand_made_layers_match_umoci() {
         file("deep/a/b/c/file", "deep"),
         whiteout("home/.wh.user"),
         file("home/user/new", "fresh"),
-        // A directory entry replaces a symlink (L-44), a file a directory (L-45).
+        // A directory entry replaces a symlink (docs/design/layers.md#replacing-entries), a file a directory (docs/design/layers.md#replacing-entries).
         dir("lib"),
         file("lib/own.so", "OWN"),
         file("srv", "now a file"),
-        // Whiteout of a same-layer path given earlier: the add survives (L-40).
+        // Whiteout of a same-layer path given earlier: the add survives (docs/design/layers.md#two-passes).
         file("etc/motd", "motd"),
         whiteout("etc/.wh.motd"),
-        // Duplicate path: last wins (L-47).
+        // Duplicate path: last wins (docs/design/layers.md#replacing-entries).
         file("etc/issue", "first"),
         file("etc/issue", "second"),
     ];
@@ -201,13 +201,13 @@ async fn hand_made_layers_match_umoci() {
         exe("usr/bin/busybox", "BUSYBOX2"),
         TarEntry::CharDevice("dev/null".into()),
         TarEntry::Fifo("run/initctl".into()),
-        // The link header's mode gives the new name's exec bit (L-60).
+        // The link header's mode gives the new name's exec bit (docs/design/layers.md#hard-links).
         TarEntry::Link(
             "usr/bin/busybox-noexec".into(),
             "usr/bin/busybox".into(),
             0o644,
         ),
-        // A whiteout-only entry still creates its parents (L-41).
+        // A whiteout-only entry still creates its parents (docs/design/layers.md#implied-parents).
         whiteout("nowhere/x/.wh.y"),
     ];
     let image = ImageBuilder::new(flavor)
@@ -222,27 +222,27 @@ async fn hand_made_layers_match_umoci() {
             path: "dev/null",
             ours: None,
             umoci: Some(F("")),
-            rule: "L-74: devices are omitted; umoci --rootless writes an empty mode-0 file",
+            rule: "docs/design/layers.md#devices-and-fifos: devices are omitted; umoci --rootless writes an empty mode-0 file",
         },
         Expected {
             path: "usr/bin/busybox-noexec",
             ours: Some(F("BUSYBOX2")),
             umoci: Some(X("BUSYBOX2")),
-            rule: "L-60: the link header's mode applies to the new name only; umoci keeps \
+            rule: "docs/design/layers.md#hard-links: the link header's mode applies to the new name only; umoci keeps \
                    the shared inode's mode",
         },
         Expected {
             path: "nowhere",
             ours: Some(D),
             umoci: None,
-            rule: "L-41: implied parents of a whiteout-only entry are created, as docker \
+            rule: "docs/design/layers.md#implied-parents: implied parents of a whiteout-only entry are created, as docker \
                    and containerd do; umoci does not",
         },
         Expected {
             path: "nowhere/x",
             ours: Some(D),
             umoci: None,
-            rule: "L-41 (as above)",
+            rule: "docs/design/layers.md#implied-parents (as above)",
         },
     ];
     let ours = differential(&image, "test/handmade", &expected, &["run/initctl"]).await;

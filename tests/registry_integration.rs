@@ -51,7 +51,7 @@ async fn read_blob(registry: &dyn Registry, image: &Reference, layer: &LayerDesc
     chunks.concat()
 }
 
-/// Three layers (gzip, zstd, uncompressed) where the first repeats at the end (L-17).
+/// Three layers (gzip, zstd, uncompressed) where the first repeats at the end (docs/design/layers.md#repeated-layers).
 fn three_layer_image(flavor: Flavor, arch: &str, marker: &str) -> Image {
     let base = Layer::new(
         support::images::tar_bytes(&[

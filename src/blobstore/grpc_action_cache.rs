@@ -2,7 +2,7 @@
 //! `ActionCache` server).
 //!
 //! Why it exists: the expander keeps its own cache entries in the AC and writes results
-//! back under the digests clients asked for (buildbarn.md §4), and that AC is the one
+//! back under the digests clients asked for (so that their next build hits the cache), and that AC is the one
 //! the frontend serves, so it is remote. Every request carries the instance name and
 //! the digest function, because the AC is keyed by both.
 

@@ -2,7 +2,7 @@
 //! server that speaks REAPI's `ContentAddressableStorage` and `google.bytestream`.
 //!
 //! Why it exists: the expander must put the Directories and Commands it generates into
-//! the very CAS that the scheduler and workers read (reapi.md R-16), and that CAS is
+//! the very CAS that the scheduler and workers read (docs/design/directories.md#completeness), and that CAS is
 //! almost always remote. REAPI offers two ways to move blobs and this client picks
 //! between them by size, as REAPI asks clients to do:
 //!

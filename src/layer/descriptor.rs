@@ -4,7 +4,7 @@
 /// for the same position.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LayerDescriptor {
-    /// Media type from the manifest (decides the decompressor, layers.md L-19).
+    /// Media type from the manifest (decides the decompressor, docs/design/layers.md#compression).
     pub media_type: String,
     /// Digest of the blob as stored, e.g. "sha256:…".
     pub digest: String,

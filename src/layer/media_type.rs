@@ -1,11 +1,11 @@
-//! Which decompressor a layer gets: the media type table of layers.md L-19 and the
-//! magic-byte sniffing of L-20.
+//! Which decompressor a layer gets: the media type table of docs/design/layers.md#compression and the
+//! magic-byte sniffing of docs/design/layers.md#compression.
 //!
 //! The OCI uncompressed types are read as they are. Every other accepted type (those that
 //! declare gzip or zstd, and Docker's `rootfs.diff.tar`, whose compression is unknown) is
 //! sniffed the way containerd's `DecompressStream` does it: gzip magic, zstd magic or a
 //! zstd skippable frame, otherwise uncompressed. A zero-byte blob has no magic and so is
-//! an empty uncompressed stream (L-21). Anything else is rejected with INVALID_ARGUMENT.
+//! an empty uncompressed stream (docs/design/layers.md#compression). Anything else is rejected with INVALID_ARGUMENT.
 
 use tonic::Status;
 

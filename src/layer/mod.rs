@@ -8,14 +8,14 @@
 //! except for an opaque marker at the image root (`.wh..wh..opq`), whose path is `""`.
 //!
 //! Pipeline (one concern per file):
-//! - [`media_type`]: media type → decompressor, magic-byte sniffing (L-19…L-23);
+//! - [`media_type`]: media type → decompressor, magic-byte sniffing (docs/design/layers.md#compression);
 //! - [`oci_digest`]: `sha256:`/`sha512:` digests of the blob and the DiffID;
 //! - [`readers`]: the blob as a blocking reader fed by a bounded channel, and the
 //!   decompressed stream, both hashing and enforcing limits;
-//! - [`tar_entries`]: tar entries → changeset entries (L-25…L-37, L-50…L-55, L-60, L-70,
-//!   L-74), file contents hashed while streaming;
+//! - [`tar_entries`]: tar entries → changeset entries (docs/design/layers.md#tar-parsing, #names, #path-normalisation, #symlink-targets, #whiteouts, #opaque-directories, #hard-links, #executable-bit,
+//!   docs/design/layers.md#devices-and-fifos), file contents hashed while streaming;
 //! - [`names`]: NUL, UTF-8, normalisation and whiteout names;
-//! - [`worker`]: the blocking half: pipeline, drain to EOF, verification (L-18);
+//! - [`worker`]: the blocking half: pipeline, drain to EOF, verification (docs/design/layers.md#verification);
 //! - [`uploader`]: the async half: batched and streamed uploads, bounded in flight.
 //!
 //! The decompression and tar work runs on a blocking thread; the blob stream is pumped

@@ -1,6 +1,6 @@
-//! Entry names: cutting at NUL (layers.md L-26), UTF-8 (L-27), lexical normalisation of
-//! entry paths and hard-link targets (L-35, L-36), and recognising whiteouts, opaque
-//! markers and legacy AUFS metadata (L-50, L-54, L-55).
+//! Entry names: cutting at NUL (docs/design/layers.md#names), UTF-8 (docs/design/layers.md#names), lexical normalisation of
+//! entry paths and hard-link targets (docs/design/layers.md#path-normalisation), and recognising whiteouts, opaque
+//! markers and legacy AUFS metadata (docs/design/layers.md#whiteouts).
 //!
 //! Errors are plain messages; the caller adds the entry name and the status code.
 
@@ -12,7 +12,7 @@ pub(crate) fn cut_at_nul(name: &[u8]) -> &[u8] {
     }
 }
 
-/// The name as UTF-8, which REAPI requires (L-27).
+/// The name as UTF-8, which REAPI requires (docs/design/layers.md#names).
 pub(crate) fn to_utf8<'a>(name: &'a [u8], what: &str) -> Result<&'a str, String> {
     std::str::from_utf8(name)
         .map_err(|_| format!("Unrepresentable name: {what} is not valid UTF-8"))
@@ -20,7 +20,7 @@ pub(crate) fn to_utf8<'a>(name: &'a [u8], what: &str) -> Result<&'a str, String>
 
 /// Splits a path into its parts: leading `/` removed, empty and `.` parts dropped, `..`
 /// dropping the previous part. An empty result is the root. A `..` that would leave the
-/// root is an error (L-35 step 2). Purely lexical: nothing is resolved.
+/// root is an error (docs/design/layers.md#path-normalisation). Purely lexical: nothing is resolved.
 pub(crate) fn normalize(path: &str) -> Result<Vec<&str>, String> {
     let mut parts = Vec::new();
     for part in path.split('/') {
@@ -37,7 +37,7 @@ pub(crate) fn normalize(path: &str) -> Result<Vec<&str>, String> {
     Ok(parts)
 }
 
-/// Normalises a hard-link target (L-36): like an entry path, but the root is not a
+/// Normalises a hard-link target (docs/design/layers.md#path-normalisation): like an entry path, but the root is not a
 /// valid target.
 pub(crate) fn normalize_link_target(target: &str) -> Result<String, String> {
     let parts = normalize(target).map_err(|e| format!("Hard link target {target:?}: {e}"))?;
@@ -47,7 +47,7 @@ pub(crate) fn normalize_link_target(target: &str) -> Result<String, String> {
         ));
     }
     if parts[0].starts_with(AUFS_PREFIX) {
-        // L-55 permits rejecting links into the ignored AUFS metadata.
+        // docs/design/layers.md#whiteouts permits rejecting links into the ignored AUFS metadata.
         return Err(format!(
             "Hard link target {target:?} is legacy AUFS metadata, which is not supported"
         ));
@@ -62,20 +62,20 @@ const AUFS_PREFIX: &str = ".wh..wh.";
 /// What a normalised entry name stands for.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum EntryName {
-    /// The image root: the entry is skipped, whatever its type (L-35 step 4).
+    /// The image root: the entry is skipped, whatever its type (docs/design/layers.md#path-normalisation).
     Root,
-    /// Silently ignored: AUFS metadata at the root (L-55), or a whiteout of a name that
-    /// cannot exist because it starts with `.wh.` itself (L-50).
+    /// Silently ignored: AUFS metadata at the root (docs/design/layers.md#whiteouts), or a whiteout of a name that
+    /// cannot exist because it starts with `.wh.` itself (docs/design/layers.md#whiteouts).
     Ignored,
-    /// A whiteout of this path (L-51).
+    /// A whiteout of this path (docs/design/layers.md#whiteouts).
     Whiteout(String),
-    /// An opaque marker for this directory (L-52); empty for the image root.
+    /// An opaque marker for this directory (docs/design/layers.md#opaque-directories); empty for the image root.
     Opaque(String),
     /// An ordinary entry at this path.
     Path(String),
 }
 
-/// Classifies a normalised path by its parts (L-50, L-54, L-55).
+/// Classifies a normalised path by its parts (docs/design/layers.md#whiteouts).
 pub(crate) fn classify(parts: &[&str]) -> Result<EntryName, String> {
     let Some((last, parents)) = parts.split_last() else {
         return Ok(EntryName::Root);

@@ -1,6 +1,6 @@
 //! OCI content digests (`sha256:<hex>`, `sha512:<hex>`): parsing the strings that
 //! manifests and image configs carry, and hashing streams to compare against them
-//! (layers.md L-18).
+//! (docs/design/layers.md#verification).
 //!
 //! These are the registry's digests, unrelated to the REAPI instance's digest function
 //! (`crate::digest`). Any other algorithm cannot be checked, so it is rejected.

@@ -1,7 +1,7 @@
 //! The synchronous byte pipeline below the tar parser: the compressed blob as it arrives
 //! from the async side ([`BlobReader`]), and the decompressed stream ([`TarStreamReader`]).
 //!
-//! Both hash what passes through them (blob digest and DiffID, layers.md L-18) and enforce
+//! Both hash what passes through them (blob digest and DiffID, docs/design/layers.md#verification) and enforce
 //! the size limits. `std::io::Read` can only carry `io::Error`s, which the decompressors
 //! and `tar` may rewrap, so the precise `Status` of the first failure is kept in a shared
 //! [`Failure`] slot; the caller reports that one instead of whatever error surfaced.

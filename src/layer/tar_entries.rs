@@ -1,5 +1,5 @@
-//! Reading the tar stream of one layer into changeset entries (layers.md L-25…L-34,
-//! L-50…L-55, L-60, L-70, L-74), hashing file contents as they stream past and handing
+//! Reading the tar stream of one layer into changeset entries (docs/design/layers.md#tar-parsing, #names,
+//! docs/design/layers.md#whiteouts, #opaque-directories, #hard-links, #executable-bit, #devices-and-fifos), hashing file contents as they stream past and handing
 //! them to the uploader.
 //!
 //! Only `tar`'s entry iterator is used, with `path_bytes()`/`link_name_bytes()`. On top
@@ -171,7 +171,7 @@ impl EntryReader {
     ) -> Result<u64, EntryError> {
         let typeflag = entry.header().as_bytes()[156];
         let kind = match typeflag {
-            // PAX global headers are ignored entirely (L-28).
+            // PAX global headers are ignored entirely (docs/design/layers.md#tar-parsing).
             b'g' => return Ok(0),
             b'0' | b'S' => TarKind::Regular,
             0 if raw_path.ends_with(b"/") => TarKind::Directory,
@@ -365,7 +365,7 @@ fn describe_typeflag(typeflag: u8) -> String {
 }
 
 /// The link target (GNU long link, else PAX `linkpath`, else the header), cut at the
-/// first NUL (L-25, L-26). Empty if there is none.
+/// first NUL (docs/design/layers.md#tar-parsing, #names). Empty if there is none.
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Vec<u8> {
     entry
         .link_name_bytes()
@@ -373,7 +373,7 @@ fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The executable bit (L-70).
+/// The executable bit (docs/design/layers.md#executable-bit).
 fn is_executable(header: &tar::Header) -> Result<bool, EntryError> {
     let mode = header
         .mode()
@@ -382,7 +382,7 @@ fn is_executable(header: &tar::Header) -> Result<bool, EntryError> {
 }
 
 /// Rejects base-256 size fields that are negative or above 2^63-1, which `tar` would
-/// silently truncate (L-34).
+/// silently truncate (docs/design/layers.md#tar-parsing).
 fn check_size_field(header: &tar::Header) -> Result<(), EntryError> {
     let field = &header.as_bytes()[124..136];
     if field[0] & 0x80 == 0 {
@@ -396,7 +396,7 @@ fn check_size_field(header: &tar::Header) -> Result<(), EntryError> {
     Ok(())
 }
 
-/// Checks the PAX records that apply to the entry (L-26, L-28, L-31): well-formed, no
+/// Checks the PAX records that apply to the entry (docs/design/layers.md#names, #tar-parsing): well-formed, no
 /// duplicate `path`/`linkpath`/`size` (parsers disagree on which one wins), no NUL in
 /// names, a decimal `size` of at most 2^63-1, and no GNU sparse records.
 fn check_pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(), EntryError> {

@@ -291,7 +291,7 @@ fn sample_entries() -> Vec<LayerEntry> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Compression and verification (L-18…L-23).
+// Compression and verification (docs/design/layers.md#verification, #compression).
 
 #[tokio::test]
 async fn uncompressed_layer_and_contents_in_cas() {
@@ -706,7 +706,7 @@ async fn size_limits() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Tar parsing (L-25…L-34).
+// Tar parsing (docs/design/layers.md#tar-parsing, #names).
 
 #[tokio::test]
 async fn regular_file_with_trailing_slash_and_rega() {
@@ -949,7 +949,7 @@ async fn checksum_mismatch_is_rejected() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Names and whiteouts (L-35…L-37, L-50…L-55).
+// Names and whiteouts (docs/design/layers.md#path-normalisation, #symlink-targets, #whiteouts, #opaque-directories).
 
 #[tokio::test]
 async fn path_traversal_is_rejected() {
@@ -1035,7 +1035,7 @@ async fn aufs_metadata_is_ignored() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Kinds of entries (L-60, L-70, L-74).
+// Kinds of entries (docs/design/layers.md#hard-links, #executable-bit, #devices-and-fifos).
 
 #[tokio::test]
 async fn hard_links() {

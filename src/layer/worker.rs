@@ -1,6 +1,6 @@
 //! The blocking half of ingestion, run on `spawn_blocking`: builds the reader pipeline
 //! (blob → decompressor → tar), reads the entries, drains the stream after the
-//! end-of-archive marker, and checks blob size, blob digest and DiffID (layers.md L-18).
+//! end-of-archive marker, and checks blob size, blob digest and DiffID (docs/design/layers.md#verification).
 //!
 //! Any mismatch is an error and no changeset is returned. File contents may already have
 //! been uploaded by then, which is harmless in a content-addressed store.

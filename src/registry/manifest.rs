@@ -1,15 +1,15 @@
 //! Manifests, indexes and image configs as registries serve them, and the checks that make an
-//! image runnable here (layers.md L-10, L-11, L-16, L-17).
+//! image runnable here (docs/design/layers.md#manifests-and-configs, #repeated-layers).
 //!
 //! Documents are parsed leniently (unknown fields are ignored: registries and builders add
 //! their own), but what we rely on is checked strictly:
 //! - manifest media types: OCI manifest and index, Docker schema 2 manifest and manifest list
-//!   (L-10); Docker schema 1 is refused with `UnsupportedSchema1` (L-11);
+//!   (docs/design/layers.md#manifests-and-configs); Docker schema 1 is refused with `UnsupportedSchema1` (docs/design/layers.md#manifests-and-configs);
 //! - a document without `mediaType` (umoci writes none) is classified by the media type its
 //!   referrer declared, else by its shape (`manifests` → index, `config` → manifest), because
 //!   `oci-client`'s raw pull does not return the `Content-Type` header;
-//! - config media type OCI or Docker (L-16), `rootfs.type == "layers"`, as many `diff_ids` as
-//!   layers, each layer position kept even when digests repeat (L-17).
+//! - config media type OCI or Docker (docs/design/layers.md#manifests-and-configs), `rootfs.type == "layers"`, as many `diff_ids` as
+//!   layers, each layer position kept even when digests repeat (docs/design/layers.md#repeated-layers).
 //!
 //! Errors are `FAILED_PRECONDITION`: the image exists but cannot be run by this service.
 
@@ -29,9 +29,9 @@ pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker manifest list (schema 2).
 pub(crate) const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker image manifest, schema 1 (refused, L-11).
+/// Docker image manifest, schema 1 (refused, docs/design/layers.md#manifests-and-configs).
 pub(crate) const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-/// Signed Docker image manifest, schema 1 (refused, L-11).
+/// Signed Docker image manifest, schema 1 (refused, docs/design/layers.md#manifests-and-configs).
 pub(crate) const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 /// OCI image config.
 pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -49,12 +49,12 @@ pub(crate) const ACCEPTED_MANIFEST_MEDIA_TYPES: &[&str] = &[
     DOCKER_SCHEMA1,
 ];
 
-/// Whether `media_type` is an image manifest we can use (L-10).
+/// Whether `media_type` is an image manifest we can use (docs/design/layers.md#manifests-and-configs).
 pub(crate) fn is_manifest_media_type(media_type: &str) -> bool {
     media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
 }
 
-/// Whether `media_type` is an index or manifest list (L-10).
+/// Whether `media_type` is an index or manifest list (docs/design/layers.md#manifests-and-configs).
 pub(crate) fn is_index_media_type(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
@@ -70,7 +70,7 @@ pub struct Descriptor {
     pub digest: String,
     /// Size of the referenced content in bytes.
     pub size: i64,
-    /// Alternative download locations (not used: see layers.md L-1A).
+    /// Alternative download locations (not used: see docs/design/layers.md#manifests-and-configs).
     #[serde(default)]
     pub urls: Option<Vec<String>>,
     /// Annotations.
@@ -93,7 +93,7 @@ pub struct DescriptorPlatform {
     /// CPU variant.
     #[serde(default)]
     pub variant: Option<String>,
-    /// OS version (ignored for Linux, L-13).
+    /// OS version (ignored for Linux, docs/design/layers.md#platforms).
     #[serde(default, rename = "os.version")]
     pub os_version: Option<String>,
 }
@@ -237,7 +237,7 @@ pub(crate) fn parse_manifest(body: &[u8], declared: Option<&str>) -> Result<Mani
     }
 }
 
-/// Checks the config descriptor of `manifest` before the config is fetched (L-16).
+/// Checks the config descriptor of `manifest` before the config is fetched (docs/design/layers.md#manifests-and-configs).
 pub(crate) fn check_config_descriptor(manifest: &ImageManifest) -> Result<(), Status> {
     let config = &manifest.config;
     match config.media_type.as_deref() {
@@ -265,7 +265,7 @@ fn validate_descriptor(descriptor: &Descriptor, what: &str) -> Result<(), Status
     Ok(())
 }
 
-/// Parses an image config and checks it against its manifest (L-15, L-16, L-17), returning
+/// Parses an image config and checks it against its manifest (docs/design/layers.md#platforms, #manifests-and-configs, #repeated-layers), returning
 /// one [`LayerDescriptor`] per layer position, DiffIDs paired in order.
 pub(crate) fn parse_config(
     manifest: &ImageManifest,

@@ -5,7 +5,7 @@
 //! - [`reference`]: parse and normalise `docker://host/repo:tag@digest` (Docker Hub defaults);
 //! - [`configuration`]: the `registries` configuration and its allow-list;
 //! - [`platform`]: platform normalisation, the REAPI `OSFamily`/`ISA` mapping, index walking;
-//! - [`manifest`]: manifest/index/config documents and the checks of layers.md L-10..L-17;
+//! - [`manifest`]: manifest/index/config documents and the checks of docs/design/layers.md#manifests-and-configs, #platforms, #repeated-layers;
 //! - [`credentials`], [`errors`], [`retry`]: the pieces [`OciRegistry`] uses;
 //! - [`oci_registry`]: the [`Registry`] implementation on the `oci-client` crate.
 //!
@@ -18,7 +18,8 @@
 //! does not match its digest is `DATA_LOSS`; a registry that is down, overloaded (5xx, 429),
 //! slow, or drops the connection is `UNAVAILABLE` (after the configured retries).
 //!
-//! Tag resolution is not cached here: the image module caches (ARCHITECTURE.md).
+//! Tag resolution is not cached here: caching is the image module's concern, one decorator
+//! per cache.
 
 pub mod configuration;
 pub mod credentials;
@@ -58,7 +59,7 @@ pub struct ImageMetadata {
     pub config: Bytes,
     /// The platform the config declares (`os`, `architecture`, `variant`).
     pub platform: Platform,
-    /// The layers, base first, one entry per position (never de-duplicated, L-17), each
+    /// The layers, base first, one entry per position (never de-duplicated, docs/design/layers.md#repeated-layers), each
     /// with the DiffID the config gives for that position.
     pub layers: Vec<LayerDescriptor>,
 }
@@ -75,7 +76,7 @@ pub trait Registry: Send + Sync + 'static {
     async fn resolve(&self, reference: &Reference) -> Result<String, Status>;
 
     /// Fetches the manifest for `platform` (walking indexes) and the config, checks them
-    /// (layers.md L-10..L-17) and pairs layers with DiffIDs.
+    /// (docs/design/layers.md#manifests-and-configs, #platforms, #repeated-layers) and pairs layers with DiffIDs.
     async fn fetch_image(
         &self,
         reference: &Reference,

@@ -13,7 +13,7 @@
 //!   `Content-Type` header (see [`super::manifest`] for how documents are classified);
 //! - `pull_blob_stream` verifies the digest when the stream ends and would try descriptor
 //!   `urls` if the registry fails; we pass bare digests, so `urls` are never followed
-//!   (layers.md L-1A);
+//!   (docs/design/layers.md#manifests-and-configs);
 //! - `read_timeout` bounds each wait for bytes, `connect_timeout` each connection.
 //!
 //! Mirrors are tried in order before the registry itself; a mirror that fails (not found,

@@ -1,13 +1,13 @@
-//! Platforms: which image of a multi-platform index an action gets (layers.md L-12..L-15).
+//! Platforms: which image of a multi-platform index an action gets (docs/design/layers.md#platforms).
 //!
-//! - [`Platform::normalize`] compares platforms the way containerd does (L-13): `x86_64` is
+//! - [`Platform::normalize`] compares platforms the way containerd does (docs/design/layers.md#platforms): `x86_64` is
 //!   `amd64`, `aarch64` is `arm64` (variant `v8` dropped), `armhf` is `arm/v7`, …
 //! - [`Platform::from_reapi`] maps the REAPI platform lexicon (`OSFamily`, `ISA`) to an OCI
-//!   platform (L-14, our decision; no standard defines this map).
+//!   platform (docs/design/layers.md#platforms, our decision; no standard defines this map).
 //! - [`select_manifest`] walks an index in order and returns the first entry that matches,
 //!   skipping unknown media types and BuildKit attestation manifests, and reporting nested
-//!   indexes for the caller to follow (L-12). No match → an error listing what is on offer.
-//! - Windows is refused, both as a request and as an image (L-15).
+//!   indexes for the caller to follow (docs/design/layers.md#platforms). No match → an error listing what is on offer.
+//! - Windows is refused, both as a request and as an image (docs/design/layers.md#platforms).
 
 use std::fmt;
 
@@ -56,7 +56,7 @@ impl Platform {
         }
     }
 
-    /// The canonical spelling, as containerd's `platforms.Normalize` (L-13).
+    /// The canonical spelling, as containerd's `platforms.Normalize` (docs/design/layers.md#platforms).
     pub fn normalize(&self) -> Self {
         let os = self.os.to_ascii_lowercase();
         let architecture = self.architecture.to_ascii_lowercase();
@@ -98,7 +98,7 @@ impl Platform {
     }
 
     /// Whether an image for `offered` suits a request for `self`. Both sides are normalised;
-    /// a request without a variant accepts any variant (L-13). For `arm`, the only
+    /// a request without a variant accepts any variant (docs/design/layers.md#platforms). For `arm`, the only
     /// architecture whose normalised form always has a variant, "no variant" is recognised
     /// from the request before normalisation.
     pub fn matches(&self, offered: &Platform) -> bool {
@@ -115,7 +115,7 @@ impl Platform {
         wanted_any_variant || wanted.variant == offered.variant
     }
 
-    /// Refuses platforms this service cannot run (L-15: Windows).
+    /// Refuses platforms this service cannot run (docs/design/layers.md#platforms: Windows).
     pub fn check_supported(&self) -> Result<(), Status> {
         if self.os.eq_ignore_ascii_case("windows") {
             return Err(Status::failed_precondition(format!(
@@ -126,9 +126,9 @@ impl Platform {
         Ok(())
     }
 
-    /// The platform that the REAPI properties `OSFamily` and `ISA` ask for (L-14).
+    /// The platform that the REAPI properties `OSFamily` and `ISA` ask for (docs/design/layers.md#platforms).
     ///
-    /// `os_families` and `isas` are all values of those properties (a name may repeat, R-11).
+    /// `os_families` and `isas` are all values of those properties (a name may repeat, docs/design/directories.md#platform-properties).
     /// Without an ISA, the `default` platform is used; without an OSFamily, its OS. Values
     /// are compared case-insensitively. `ISA` `arm-a32` may be refined with `armv7` or `armv6`
     /// (default `v7`); `armv7`/`armv6` alone also mean 32-bit ARM.
@@ -218,7 +218,7 @@ pub struct Selection {
     pub is_index: bool,
 }
 
-/// Picks the first entry of `index` that suits `wanted` (L-12).
+/// Picks the first entry of `index` that suits `wanted` (docs/design/layers.md#platforms).
 ///
 /// Entries with an unknown media type and attestation manifests are skipped. An entry without
 /// a `platform` is accepted only when it is a nested index (to be followed by the caller: it

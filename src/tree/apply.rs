@@ -1,17 +1,17 @@
-//! Applying one layer changeset to the tree of the layers below it (layers.md L-40…L-62,
-//! L-74), exactly as docker/containerd would extract it, except where layers.md decides
+//! Applying one layer changeset to the tree of the layers below it (docs/design/layers.md#two-passes, #implied-parents, #parent-resolution, #replacing-entries, #whiteouts, #opaque-directories, #hard-links,
+//! docs/design/layers.md#devices-and-fifos), exactly as docker/containerd would extract it, except where docs/design/layers.md decides
 //! otherwise.
 //!
-//! - **Pass W** (L-40, L-41, L-51, L-52): every whiteout and opaque entry is resolved
+//! - **Pass W** (docs/design/layers.md#two-passes, #implied-parents, #whiteouts, #opaque-directories): every whiteout and opaque entry is resolved
 //!   against the *unchanged* lower tree, then all removals are made, then the implied
 //!   parent directories of those entries are created (so this layer's whiteouts never
 //!   remove them).
 //! - **Pass A**: every other entry, in tar order. The parent part is resolved with
-//!   chroot semantics (L-42, L-43, `path_resolution.rs`), missing parts are created,
+//!   chroot semantics (docs/design/layers.md#parent-resolution, `path_resolution.rs`), missing parts are created,
 //!   and the last part is never followed. Directory over directory keeps the children
-//!   (L-44); anything else replaces what is there (L-44…L-46). Hard links copy the
-//!   target node as it is at that moment (L-60…L-62). Devices and FIFOs remove what is
-//!   there and leave nothing (L-74).
+//!   (docs/design/layers.md#replacing-entries); anything else replaces what is there (docs/design/layers.md#replacing-entries). Hard links copy the
+//!   target node as it is at that moment (docs/design/layers.md#hard-links). Devices and FIFOs remove what is
+//!   there and leave nothing (docs/design/layers.md#devices-and-fifos).
 //!
 //! The tree is changed only if the whole layer applies: the work is done on a clone
 //! (cheap, subtrees are shared).
@@ -23,7 +23,7 @@ use crate::proto::cache::{layer_entry::Kind, HardLink, LayerChangeset, LayerEntr
 use std::collections::HashSet;
 use tonic::Status;
 
-/// The deepest a node may be, in path parts. Not a layers.md rule: a guard so that a
+/// The deepest a node may be, in path parts (docs/design/layers.md#depth-limit): a guard so that a
 /// crafted layer cannot build a tree deep enough to overflow the stack when it is
 /// dropped or grafted. Linux cannot create such paths either (`PATH_MAX` is 4096
 /// bytes, so at most 2048 parts).
@@ -33,7 +33,7 @@ pub const MAX_DEPTH: usize = 2048;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ApplyReport {
     /// Hard links whose target is a device or FIFO of the same layer, which is not in
-    /// the tree (L-60, last case).
+    /// the tree (docs/design/layers.md#hard-links, last case).
     pub skipped_hard_links: u64,
 }
 
@@ -51,7 +51,7 @@ pub fn apply_layer(
 }
 
 /// Splits a normalised path into its parts, refusing `.` and `..` (the producer
-/// normalises them away, L-35).
+/// normalises them away, docs/design/layers.md#path-normalisation).
 fn normalised_parts<'a>(path: &'a str, entry_path: &str) -> Result<Vec<&'a str>, Status> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     if parts.iter().any(|p| *p == "." || *p == "..") {
@@ -131,7 +131,7 @@ fn pass_w(
                 check_depth(entry, real.parts.len())?;
                 implied_parents.push(real.parts);
             }
-            // A parent that is not a directory: no effect and no error (L-41, L-51).
+            // A parent that is not a directory: no effect and no error (docs/design/layers.md#implied-parents, #whiteouts).
             Err(ResolveError::NotADirectory { .. }) => {}
             Err(ResolveError::TooManySymlinks) => {
                 return Err(too_many_symlinks(
@@ -188,7 +188,7 @@ fn pass_a(work: &mut Directory, entries: &[LayerEntry]) -> Result<ApplyReport, S
         }
         let parts = normalised_parts(&entry.path, &entry.path)?;
         let Some((name, parent)) = parts.split_last() else {
-            continue; // The root entry is skipped, whatever its type (L-35).
+            continue; // The root entry is skipped, whatever its type (docs/design/layers.md#path-normalisation).
         };
         let parent = resolve_directory(work, parent).map_err(|e| resolve_error(entry, e))?;
         check_depth(entry, parent.parts.len() + 1)?;
@@ -199,7 +199,7 @@ fn pass_a(work: &mut Directory, entries: &[LayerEntry]) -> Result<ApplyReport, S
         let node = match kind {
             Kind::Directory(_) => {
                 if matches!(existing, Some(Node::Directory(_))) {
-                    continue; // L-44: keep the directory and its children.
+                    continue; // docs/design/layers.md#replacing-entries: keep the directory and its children.
                 }
                 Node::empty_directory()
             }
@@ -222,7 +222,7 @@ fn pass_a(work: &mut Directory, entries: &[LayerEntry]) -> Result<ApplyReport, S
                 }
             }
             Kind::Special(_) => {
-                // L-74: unlink what is there and leave nothing.
+                // docs/design/layers.md#devices-and-fifos: unlink what is there and leave nothing.
                 parent_directory(work, &parent).remove(name);
                 specials.insert(parent.child(name));
                 continue;
@@ -262,13 +262,13 @@ fn existing_child<'a>(work: &'a Directory, parent: &RealPath, name: &str) -> Opt
     work.directory_at(&parent.parts)?.get(name)
 }
 
-/// The directory at `parent`, created with its missing parts (L-41).
+/// The directory at `parent`, created with its missing parts (docs/design/layers.md#implied-parents).
 fn parent_directory<'a>(work: &'a mut Directory, parent: &RealPath) -> &'a mut Directory {
     work.make_directories(&parent.parts)
         .expect("a resolved path holds directories or missing parts only")
 }
 
-/// The node a hard link copies (L-60): the target's parent part is resolved in the
+/// The node a hard link copies (docs/design/layers.md#hard-links): the target's parent part is resolved in the
 /// current tree, its last part is not followed. `None`: the target is a device or FIFO
 /// of this layer, so the link is skipped.
 fn hard_link_copy(
@@ -303,7 +303,7 @@ fn hard_link_copy(
     match existing_child(work, &parent, name) {
         Some(Node::File { digest, .. }) => Ok(Some(Node::File {
             digest: digest.clone(),
-            // From the link entry's own mode (L-60, DECISION).
+            // From the link entry's own mode (docs/design/layers.md#hard-links, DECISION).
             is_executable: link.is_executable,
         })),
         Some(symlink @ Node::Symlink { .. }) => Ok(Some(symlink.clone())),

@@ -1,5 +1,5 @@
-//! Tests of `apply.rs`, one per rule of layers.md §4 (the case names W-xx, O-xx, S-xx,
-//! H-xx follow layers.md where it names them; the others are ours).
+//! Tests of `apply.rs`, one per rule of docs/design/layers.md (the case names W-xx, O-xx, S-xx,
+//! H-xx follow docs/design/layers.md where it names them; the others are ours).
 
 use super::apply::apply_layer;
 use super::directory::{Directory, Node};
@@ -14,7 +14,7 @@ fn lines(expected: &[&str]) -> Vec<String> {
     v
 }
 
-// ---- Whiteouts (L-40, L-41, L-50…L-54) ----
+// ---- Whiteouts (docs/design/layers.md#two-passes, #implied-parents, #whiteouts, #opaque-directories) ----
 
 #[test]
 fn w01_whiteout_removes_a_lower_file() {
@@ -36,14 +36,14 @@ fn w02_whiteout_removes_a_whole_directory() {
 
 #[test]
 fn w03_whiteout_of_a_missing_path_is_a_no_op_but_creates_implied_parents() {
-    // L-41: docker creates the parents of a whiteout-only entry.
+    // docs/design/layers.md#implied-parents: docker creates the parents of a whiteout-only entry.
     let got = result_of(vec![vec![file("other", "1")], vec![whiteout("x/y/z")]]);
     assert_eq!(got, lines(&["other=1", "x/", "x/y/"]));
 }
 
 #[test]
 fn w04_whiteout_then_same_layer_re_add_holds_only_the_new_children() {
-    // L-53; ggcr #2191/#2029 mixed old and new children.
+    // docs/design/layers.md#whiteouts; ggcr #2191/#2029 mixed old and new children.
     let got = result_of(vec![
         vec![file("d/old", "1")],
         vec![whiteout("d"), dir("d"), file("d/new", "2")],
@@ -60,7 +60,7 @@ fn w04_whiteout_then_same_layer_re_add_holds_only_the_new_children() {
 
 #[test]
 fn w05_same_layer_entry_before_its_whiteout_survives() {
-    // L-40: whiteouts only act on lower layers (containerd/docker differ).
+    // docs/design/layers.md#two-passes: whiteouts only act on lower layers (containerd/docker differ).
     let got = result_of(vec![
         vec![file("x", "1")],
         vec![file("x", "2"), whiteout("x")],
@@ -120,7 +120,7 @@ fn w10_whiteout_results_do_not_depend_on_entry_order() {
 
 #[test]
 fn w11_implied_parents_of_whiteouts_survive_the_same_layers_whiteouts() {
-    // L-41: they are this layer's own entries, created after Pass W's removals.
+    // docs/design/layers.md#implied-parents: they are this layer's own entries, created after Pass W's removals.
     let got = result_of(vec![
         vec![file("a/old", "1")],
         vec![whiteout("a"), whiteout("a/b/c")],
@@ -136,7 +136,7 @@ fn w12_whiteout_of_the_root_is_invalid() {
     );
 }
 
-// ---- Opaque directories (L-52) ----
+// ---- Opaque directories (docs/design/layers.md#opaque-directories) ----
 
 #[test]
 fn o01_opaque_removes_all_lower_children_and_keeps_the_directory() {
@@ -196,7 +196,7 @@ fn o07_opaque_at_the_root() {
     assert_eq!(got, lines(&["c=3"]));
 }
 
-// ---- Parents and symlinks (L-41…L-43) ----
+// ---- Parents and symlinks (docs/design/layers.md#implied-parents, #parent-resolution) ----
 
 #[test]
 fn s01_relative_symlink_parent_is_followed() {
@@ -221,7 +221,7 @@ fn s02_absolute_symlink_parent_restarts_at_the_image_root() {
 
 #[test]
 fn s03_relative_symlink_climbing_above_the_root_is_clamped() {
-    // L-43 (DECISION: clamp, like containerd and umoci).
+    // docs/design/layers.md#parent-resolution (DECISION: clamp, like containerd and umoci).
     let got = result_of(vec![
         vec![symlink("a", "../../../etc")],
         vec![file("a/passwd", "root")],
@@ -266,7 +266,7 @@ fn s05_symlinks_inside_symlink_targets_are_followed() {
 
 #[test]
 fn s06_directory_entry_replaces_a_usrmerge_symlink() {
-    // L-44: docker and containerd remove the symlink and make a real directory.
+    // docs/design/layers.md#replacing-entries: docker and containerd remove the symlink and make a real directory.
     let got = result_of(vec![
         vec![file("usr/lib/libc", "c"), symlink("lib", "usr/lib")],
         vec![dir("lib"), file("lib/x", "1")],
@@ -357,7 +357,7 @@ fn s12_symlink_made_earlier_in_the_same_layer_redirects_later_entries() {
 
 #[test]
 fn s13_duplicate_paths_last_wins() {
-    // L-47.
+    // docs/design/layers.md#replacing-entries.
     let got = result_of(vec![vec![
         file("x", "1"),
         file("x", "2"),
@@ -368,7 +368,7 @@ fn s13_duplicate_paths_last_wins() {
     assert_eq!(got, lines(&["d/", "d/f=3", "x=2"]));
 }
 
-// ---- Hard links (L-60…L-62) ----
+// ---- Hard links (docs/design/layers.md#hard-links) ----
 
 #[test]
 fn h01_hard_link_copies_the_file_with_the_link_entrys_exec_bit() {
@@ -478,7 +478,7 @@ fn h09_hard_link_to_a_special_file_of_the_same_layer_is_skipped() {
     assert_eq!(listing(&tree), lines(&["dev/"]));
 }
 
-// ---- Devices and FIFOs (L-74) ----
+// ---- Devices and FIFOs (docs/design/layers.md#devices-and-fifos) ----
 
 #[test]
 fn x01_special_files_replace_what_is_there_and_leave_nothing() {

@@ -23,7 +23,7 @@ pub enum Node {
         digest: reapi::Digest,
         is_executable: bool,
     },
-    /// A symbolic link, target kept verbatim (layers.md L-37).
+    /// A symbolic link, target kept verbatim (docs/design/layers.md#symlink-targets).
     Symlink { target: String },
     /// A subdirectory, shared between trees until one of them changes it.
     Directory(Arc<Directory>),
@@ -88,7 +88,7 @@ impl Directory {
         Self::default()
     }
 
-    /// The children, sorted by name bytes (the order REAPI wants, reapi.md R-03).
+    /// The children, sorted by name bytes (the order REAPI wants, docs/design/directories.md#canonical-form).
     pub fn children(&self) -> &BTreeMap<String, Node> {
         &self.children
     }

@@ -1,5 +1,5 @@
-//! Canonical REAPI encoding of an in-memory tree (layers.md L-80…L-86, reapi.md
-//! R-01…R-07): each `Directory` message holds three lists sorted by name bytes, no node
+//! Canonical REAPI encoding of an in-memory tree (docs/design/directories.md#canonical-form, #message-size, docs/design/layers.md#what-is-lost, docs/design/directories.md
+//! docs/design/directories.md#canonical-form, #digests): each `Directory` message holds three lists sorted by name bytes, no node
 //! properties, and is hashed with the instance's digest function, leaves first.
 //!
 //! The encoding of each directory is memoised inside it (per digest function), so
@@ -52,15 +52,15 @@ pub struct EncodedTree {
     pub root: reapi::Digest,
     /// Every distinct non-empty `Directory` message of the tree, children before their
     /// parents. The empty `Directory` (0 bytes) is left out: servers treat the empty
-    /// blob as always present (reapi.md R-07).
+    /// blob as always present (docs/design/directories.md#digests).
     pub directories: Vec<(reapi::Digest, Bytes)>,
     pub statistics: TreeStatistics,
 }
 
 /// Encodes `tree` canonically. Fails with `InvalidName` if a name is not one valid path
-/// part (L-81) or a symlink target is empty or holds a NUL (L-37), and with
+/// part (docs/design/directories.md#canonical-form) or a symlink target is empty or holds a NUL (docs/design/layers.md#symlink-targets), and with
 /// `DirectoryTooLarge` if a `Directory` message is larger than `max_message_size` bytes
-/// (L-85); both name the directory's path.
+/// (docs/design/directories.md#message-size); both name the directory's path.
 pub fn encode(
     tree: &Directory,
     function: DigestFunction,
@@ -102,7 +102,7 @@ pub fn root_digest(tree: &Directory, function: DigestFunction) -> reapi::Digest 
 }
 
 /// Every blob `tree` refers to: the digests of its `Directory` messages and of its
-/// files, each once, for completeness checks with FindMissingBlobs (layers.md L-96).
+/// files, each once, for completeness checks with FindMissingBlobs (docs/design/directories.md#completeness).
 /// Empty blobs are left out, as servers treat them as always present.
 pub fn referenced_blobs(tree: &Directory, function: DigestFunction) -> Vec<reapi::Digest> {
     let mut seen: HashSet<reapi::Digest> = HashSet::new();
@@ -131,7 +131,7 @@ pub fn referenced_blobs(tree: &Directory, function: DigestFunction) -> Vec<reapi
     out
 }
 
-/// Why `name` cannot be a REAPI path part, if it cannot (L-81, reapi.md ).
+/// Why `name` cannot be a REAPI path part, if it cannot (docs/design/directories.md#canonical-form, #what-buildbarn-rejects).
 pub(crate) fn invalid_name_reason(name: &str) -> Option<&'static str> {
     if name.is_empty() {
         Some("is empty")
@@ -223,7 +223,7 @@ pub(crate) fn memo(dir: &Directory, function: DigestFunction) -> &Memo {
 fn compute_memo(dir: &Directory, function: DigestFunction) -> Memo {
     let mut message = reapi::Directory::default();
     let mut statistics = TreeStatistics::default();
-    // BTreeMap order is byte order, so each filtered list is sorted.
+    // BTreeMap order is byte order, so each filtered list is sorted (docs/design/directories.md#canonical-form).
     for (name, node) in dir.children() {
         match node {
             Node::File {
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn v3_empty_node_properties_would_change_the_digest() {
-        // We never emit V-3: node_properties stay unset. Check that V-1 differs
+        // We never emit V-3: node_properties stay unset (docs/design/directories.md#canonical-form). Check that V-1 differs
         // from the V-3 encoding, which prost produces with Some(default).
         let v3 = reapi::Directory {
             files: vec![reapi::FileNode {

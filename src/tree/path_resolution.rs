@@ -1,5 +1,5 @@
 //! Resolving the parent part of a layer entry's path in the in-memory tree with chroot
-//! semantics (layers.md L-42, L-43): symlinks are followed inside the image root, an
+//! semantics (docs/design/layers.md#parent-resolution): symlinks are followed inside the image root, an
 //! absolute target starts again at the root, `..` at the root stays at the root, and
 //! parts that do not exist (also below a dangling symlink) are treated as directories
 //! still to be created. More than [`MAX_SYMLINK_HOPS`] symlinks → `TooManySymlinks`.

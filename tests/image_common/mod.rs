@@ -92,7 +92,7 @@ pub fn L(target: &str) -> Node {
 }
 
 /// Reads the tree whose root Directory is `root` from the CAS, node by node, and checks
-/// that every Directory is canonical (reapi.md): names valid, sorted and unique across
+/// that every Directory is canonical (docs/design/directories.md): names valid, sorted and unique across
 /// files, directories and symlinks; no node properties; every blob present.
 pub async fn read_tree(
     cas: &dyn ContentAddressableStorage,
