@@ -1,35 +1,25 @@
-//! An in-process stand-in for bb_scheduler: serves `Execution` and `Capabilities` on a
-//! loopback port, records what it receives (requests and their metadata), answers
-//! Execute with a scripted series of operations, and notices when a caller cancels.
-//! Like a real scheduler it serves a fixed set of instance names ([`Script::instance_names`],
-//! only `""` by default): Execute and GetCapabilities for any other fail with
-//! INVALID_ARGUMENT.
+//! A stand-in for bb_scheduler that answers with a script: the scheduler fake of
+//! [`super::scheduler`] with a [`ScriptRunner`], behind a TCP relay so that
+//! [`FakeScheduler::kill`] cuts every connection at once.
+//!
+//! Execute (for an instance name served, [`Script::instance_names`], only `""` by
+//! default) and WaitExecution (for any name) stream the script's operations; the fake
+//! notices when a caller goes away before the script ends. GetCapabilities for an
+//! instance name not served fails with INVALID_ARGUMENT, as Execute does.
 
-use super::scheduler::{InstanceNames, Recorder};
-use crate::proto::longrunning::Operation;
-use crate::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
-use crate::proto::reapi::execution_server::{Execution, ExecutionServer};
-use crate::proto::reapi::{
-    ExecuteRequest, GetCapabilitiesRequest, ServerCapabilities, WaitExecutionRequest,
+use super::scheduler::{
+    Connections, Delivery, Job, OperationStream, Recorder, Runner, SchedulerFake, SchedulerLog,
 };
-use futures::stream::BoxStream;
-use parking_lot::Mutex;
+use crate::proto::longrunning::Operation;
+use parking_lot::{Mutex, MutexGuard};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tonic::Status;
 
-/// What the fake received.
-#[derive(Default)]
-pub struct FakeSchedulerLog {
-    pub execute_requests: Vec<ExecuteRequest>,
-    pub wait_execution_requests: Vec<WaitExecutionRequest>,
-    /// Headers of every call, in arrival order.
-    pub metadata: Vec<http::HeaderMap>,
-    /// Number of operation streams whose receiver went away before the script ended.
-    pub cancelled_streams: usize,
-}
+/// What the fake received ([`SchedulerLog::cancelled_streams`] counts the streams whose
+/// receiver went away before the script ended).
+pub type FakeSchedulerLog = SchedulerLog;
 
 /// How the fake answers Execute and WaitExecution.
 #[derive(Clone)]
@@ -61,22 +51,23 @@ impl Default for Script {
     }
 }
 
-#[derive(Clone)]
-struct Fake {
-    log: Recorder<FakeSchedulerLog>,
-    script: Arc<Mutex<Script>>,
-    capabilities: ServerCapabilities,
+/// A runner that answers every Execute, and WaitExecution for any name, with the
+/// script's operations (their names are the script's; nothing is kept by name).
+pub struct ScriptRunner {
+    script: Mutex<Script>,
 }
 
-impl Fake {
-    fn check_instance_name(&self, instance_name: &str) -> Result<(), Status> {
-        InstanceNames::new(&self.script.lock().instance_names).check(instance_name)
+impl ScriptRunner {
+    pub fn new(script: Script) -> Self {
+        Self {
+            script: Mutex::new(script),
+        }
     }
 
-    fn stream(&self) -> BoxStream<'static, Result<Operation, Status>> {
+    fn stream(&self, log: &Recorder<SchedulerLog>) -> OperationStream {
         let script = self.script.lock().clone();
         let (tx, rx) = mpsc::channel(1);
-        let log = self.log.clone();
+        let log = log.clone();
         tokio::spawn(async move {
             for op in script.operations {
                 tokio::time::sleep(script.interval).await;
@@ -92,164 +83,64 @@ impl Fake {
         });
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
-
-    fn record(&self, f: impl FnOnce(&mut FakeSchedulerLog)) {
-        self.log.record(f);
-    }
 }
 
 #[tonic::async_trait]
-impl Execution for Fake {
-    type ExecuteStream = BoxStream<'static, Result<Operation, Status>>;
-    type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;
-
-    async fn execute(
-        &self,
-        request: Request<ExecuteRequest>,
-    ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let request = request.into_inner();
-        let instance_name = request.instance_name.clone();
-        self.record(|l| {
-            l.metadata.push(headers);
-            l.execute_requests.push(request);
-        });
-        self.check_instance_name(&instance_name)?;
-        Ok(Response::new(self.stream()))
+impl Runner for ScriptRunner {
+    fn name(&self) -> &'static str {
+        "fake-scheduler"
     }
 
-    async fn wait_execution(
-        &self,
-        request: Request<WaitExecutionRequest>,
-    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        self.record(|l| {
-            l.metadata.push(headers);
-            l.wait_execution_requests.push(request.into_inner());
-        });
-        Ok(Response::new(self.stream()))
+    async fn execute(&self, job: Job) -> Result<Delivery, Status> {
+        Ok(Delivery::Stream(self.stream(&job.log)))
     }
-}
 
-#[tonic::async_trait]
-impl Capabilities for Fake {
-    async fn get_capabilities(
+    fn wait_unknown(
         &self,
-        request: Request<GetCapabilitiesRequest>,
-    ) -> Result<Response<ServerCapabilities>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        self.record(|l| l.metadata.push(headers));
-        self.check_instance_name(&request.get_ref().instance_name)?;
-        Ok(Response::new(self.capabilities.clone()))
+        _name: &str,
+        log: &Recorder<SchedulerLog>,
+    ) -> Result<OperationStream, Status> {
+        Ok(self.stream(log))
     }
 }
 
 /// A running fake scheduler; stops when dropped or when [`FakeScheduler::kill`] is called.
-///
-/// Callers reach it through a TCP relay owned by the fake, so that `kill` can cut every
-/// connection at once, as when the scheduler process dies.
-pub struct FakeScheduler {
-    address: SocketAddr,
-    fake: Fake,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    relay: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
+pub struct FakeScheduler(SchedulerFake<ScriptRunner>);
 
 impl FakeScheduler {
     pub async fn start(script: Script) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = listener.local_addr().unwrap();
-        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = front.local_addr().unwrap();
-        let relay: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
-        let connections = relay.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = front.accept().await {
-                let handle = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                connections.lock().push(handle);
-            }
-        });
-        relay.lock().push(accept);
-        let fake = Fake {
-            log: Default::default(),
-            script: Arc::new(Mutex::new(script)),
-            capabilities: ServerCapabilities {
-                execution_capabilities: Some(crate::proto::reapi::ExecutionCapabilities {
-                    exec_enabled: true,
-                    digest_function: crate::proto::reapi::digest_function::Value::Sha256 as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .add_service(ExecutionServer::new(fake.clone()))
-            .add_service(CapabilitiesServer::new(fake.clone()));
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            // Abort-style stop: connections are dropped, as when the process dies.
-            tokio::select! {
-                _ = server.serve_with_incoming(incoming) => {}
-                _ = stopped => {}
-            }
-        });
-        Self {
-            address,
-            fake,
-            stop: Some(stop),
-            task: Some(task),
-            relay,
-        }
+        let instance_names = script.instance_names.clone();
+        Self(
+            SchedulerFake::start(
+                ScriptRunner::new(script),
+                &instance_names,
+                Connections::Relayed,
+            )
+            .await,
+        )
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.0.address()
     }
 
-    pub fn log(&self) -> parking_lot::MutexGuard<'_, FakeSchedulerLog> {
-        self.fake.log.lock()
+    pub fn log(&self) -> MutexGuard<'_, FakeSchedulerLog> {
+        self.0.log()
     }
 
+    /// Answers with `script` from now on (its instance names included).
     pub fn set_script(&self, script: Script) {
-        *self.fake.script.lock() = script;
+        self.0.set_instance_names(&script.instance_names);
+        *self.0.runner().script.lock() = script;
     }
 
     /// Waits until `condition` holds on the log (or panics after `limit`).
     pub async fn wait_until(&self, limit: Duration, condition: impl Fn(&FakeSchedulerLog) -> bool) {
-        self.fake
-            .log
-            .wait_until("fake scheduler", limit, condition)
-            .await
+        self.0.wait_until(limit, condition).await
     }
 
     /// Stops serving abruptly, dropping every connection and stream.
     pub async fn kill(&mut self) {
-        for handle in self.relay.lock().drain(..) {
-            handle.abort();
-        }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for FakeScheduler {
-    fn drop(&mut self) {
-        for handle in self.relay.lock().drain(..) {
-            handle.abort();
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        self.0.kill().await
     }
 }

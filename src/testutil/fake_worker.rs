@@ -16,12 +16,12 @@
 //! 5. on success (exit code 0, `do_not_cache` false) writes the ActionResult to the
 //!    Action Cache under the digest it received, as bb_worker does.
 //!
-//! Like a real scheduler it serves a fixed set of instance names (only `""` unless
-//! started with [`FakeWorker::start_serving`]); Execute for any other fails with
-//! INVALID_ARGUMENT before anything is read.
-//!
-//! Completed operations stay known by name, so `WaitExecution` returns their final
-//! operation (an unknown name is NOT_FOUND, as for bb_scheduler).
+//! It is the scheduler fake of [`super::scheduler`] with a [`MemoryRunner`]: like a real
+//! scheduler it serves a fixed set of instance names (only `""` unless started with
+//! [`FakeWorker::start_serving`]); Execute for any other fails with INVALID_ARGUMENT
+//! before anything is read. Operations stay known by name, so `WaitExecution` returns
+//! the final operation (the run is over before Execute answers; an unknown name is
+//! NOT_FOUND, as for bb_scheduler).
 //!
 //! ```ignore
 //! let worker = FakeWorker::start(storage.cas(), Some(storage.ac())).await;
@@ -31,22 +31,20 @@
 //! assert_eq!(worker.log().executions[0].file("etc/os-release"), Some(&b"ID=test\n"[..]));
 //! ```
 
-use super::scheduler::{final_operation, stage_operation, InstanceNames, Recorder};
+use super::scheduler::{Connections, Delivery, Job, Runner, SchedulerFake, SchedulerLog};
 use crate::blobstore::{get_message, ActionCache, ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::longrunning::Operation;
 use crate::proto::reapi;
-use crate::proto::reapi::execution_server::{Execution, ExecutionServer};
-use crate::proto::reapi::{ExecuteRequest, WaitExecutionRequest};
+use crate::proto::reapi::ExecuteRequest;
 use bytes::Bytes;
-use futures::stream::BoxStream;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 /// Name the worker puts in `ExecutedActionMetadata.worker`.
 pub const WORKER_NAME: &str = "fake-worker";
@@ -114,17 +112,9 @@ impl ObservedExecution {
     }
 }
 
-/// What the worker received.
-#[derive(Clone, Default)]
-pub struct FakeWorkerLog {
-    /// Every Execute request, in arrival order (also those that were refused).
-    pub execute_requests: Vec<ExecuteRequest>,
-    /// Actions whose input root was complete, in arrival order.
-    pub executions: Vec<ObservedExecution>,
-    /// Per Execute whose input root was incomplete: the blobs that were missing.
-    pub incomplete_inputs: Vec<Vec<reapi::Digest>>,
-    pub wait_execution_requests: Vec<WaitExecutionRequest>,
-}
+/// What the worker received ([`SchedulerLog::executions`] and
+/// [`SchedulerLog::incomplete_inputs`] are its records).
+pub type FakeWorkerLog = SchedulerLog;
 
 /// How the worker behaves.
 #[derive(Clone, Debug, Default)]
@@ -142,16 +132,12 @@ pub struct WorkerBehaviour {
     pub skip_action_cache: bool,
 }
 
-#[derive(Clone)]
-struct Worker {
+/// A runner that materialises the input root in memory and answers as configured
+/// ([`WorkerBehaviour`]); the operation is done before Execute answers.
+pub struct MemoryRunner {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Option<Arc<dyn ActionCache>>,
-    /// The instance names served.
-    instance_names: Arc<InstanceNames>,
-    log: Recorder<FakeWorkerLog>,
-    behaviour: Arc<Mutex<WorkerBehaviour>>,
-    /// Final operations by name, for WaitExecution.
-    completed: Arc<Mutex<HashMap<String, Operation>>>,
+    behaviour: Mutex<WorkerBehaviour>,
 }
 
 /// A `google.rpc.Status` FAILED_PRECONDITION with a PreconditionFailure for `missing`.
@@ -160,11 +146,7 @@ fn missing_status(message: &str, missing: &[reapi::Digest]) -> crate::proto::rpc
     crate::proto::rpc::Status::decode(status.details()).expect("missing_blobs sets details")
 }
 
-impl Worker {
-    fn record(&self, f: impl FnOnce(&mut FakeWorkerLog)) {
-        self.log.record(f);
-    }
-
+impl MemoryRunner {
     /// Walks the input root; returns the nodes, or the blobs that are missing.
     async fn materialise(
         &self,
@@ -235,18 +217,15 @@ impl Worker {
         })
     }
 
-    /// Runs one action; returns the operations to send.
-    async fn run(
-        &self,
-        request: ExecuteRequest,
-        headers: http::HeaderMap,
-    ) -> Result<Vec<Operation>, Status> {
-        self.record(|l| l.execute_requests.push(request.clone()));
-        let digest = request
-            .action_digest
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
-        self.instance_names.check(&request.instance_name)?;
+    /// Runs one action to completion, reporting its states.
+    async fn run(&self, job: Job) -> Result<Delivery, Status> {
+        let Job {
+            request,
+            headers,
+            action_digest: digest,
+            operation,
+            log,
+        } = job;
         let function = DigestFunction::from_request(request.digest_function, &digest.hash)?;
         let instance = Instance::new(request.instance_name.clone(), function);
         let behaviour = {
@@ -272,32 +251,36 @@ impl Worker {
             Err(s) if s.code() == Code::NotFound => return Err(missing_action()),
             Err(s) => return Err(s),
         };
-        let name = {
-            let log = self.log.lock();
-            format!("fake-worker-operation-{}", log.execute_requests.len())
+        let delivery = if behaviour.stop_after_queued {
+            Delivery::FirstStateOnly
+        } else {
+            Delivery::Follow
         };
+        operation.stage(reapi::execution_stage::Value::Queued);
+        operation.stage(reapi::execution_stage::Value::Executing);
         let metadata = reapi::ExecutedActionMetadata {
             worker: WORKER_NAME.into(),
             ..Default::default()
+        };
+        let incomplete = |missing: Vec<reapi::Digest>, message: &str| {
+            let response = reapi::ExecuteResponse {
+                result: Some(reapi::ActionResult {
+                    execution_metadata: Some(metadata.clone()),
+                    ..Default::default()
+                }),
+                status: Some(missing_status(message, &missing)),
+                ..Default::default()
+            };
+            log.record(|l| l.incomplete_inputs.push(missing));
+            operation.complete(response);
         };
         let command_digest = action.command_digest.clone().unwrap_or_default();
         let command: reapi::Command =
             match get_message(&*self.cas, &instance, &command_digest).await {
                 Ok(c) => c,
                 Err(s) if s.code() == Code::NotFound => {
-                    let response = reapi::ExecuteResponse {
-                        result: Some(reapi::ActionResult {
-                            execution_metadata: Some(metadata),
-                            ..Default::default()
-                        }),
-                        status: Some(missing_status(
-                            "Failed to obtain command",
-                            std::slice::from_ref(&command_digest),
-                        )),
-                        ..Default::default()
-                    };
-                    self.record(|l| l.incomplete_inputs.push(vec![command_digest.clone()]));
-                    return Ok(self.operations(&name, &digest, response, &behaviour));
+                    incomplete(vec![command_digest], "Failed to obtain command");
+                    return Ok(delivery);
                 }
                 Err(s) => return Err(s),
             };
@@ -308,16 +291,8 @@ impl Worker {
         let input_root = match self.materialise(&instance, &root).await? {
             Ok(nodes) => nodes,
             Err(missing) => {
-                let response = reapi::ExecuteResponse {
-                    result: Some(reapi::ActionResult {
-                        execution_metadata: Some(metadata),
-                        ..Default::default()
-                    }),
-                    status: Some(missing_status("Failed to obtain input root", &missing)),
-                    ..Default::default()
-                };
-                self.record(|l| l.incomplete_inputs.push(missing));
-                return Ok(self.operations(&name, &digest, response, &behaviour));
+                incomplete(missing, "Failed to obtain input root");
+                return Ok(delivery);
             }
         };
 
@@ -353,88 +328,39 @@ impl Worker {
                     .await?;
             }
         }
-        self.record(|l| {
+        log.record(|l| {
             l.executions.push(ObservedExecution {
-                request: request.clone(),
+                request,
                 headers,
                 action,
                 command,
                 input_root,
-                operation_name: name.clone(),
+                operation_name: operation.name().to_string(),
             })
         });
-        let response = reapi::ExecuteResponse {
+        operation.complete(reapi::ExecuteResponse {
             result: Some(result),
             status: Some(Default::default()),
             ..Default::default()
-        };
-        Ok(self.operations(&name, &digest, response, &behaviour))
-    }
-
-    fn operations(
-        &self,
-        name: &str,
-        digest: &reapi::Digest,
-        response: reapi::ExecuteResponse,
-        behaviour: &WorkerBehaviour,
-    ) -> Vec<Operation> {
-        let done = final_operation(name, digest, response);
-        self.completed.lock().insert(name.to_string(), done.clone());
-        let queued = stage_operation(name, digest, reapi::execution_stage::Value::Queued);
-        if behaviour.stop_after_queued {
-            vec![queued]
-        } else {
-            vec![
-                queued,
-                stage_operation(name, digest, reapi::execution_stage::Value::Executing),
-                done,
-            ]
-        }
+        });
+        Ok(delivery)
     }
 }
-
-type OperationStream = BoxStream<'static, Result<Operation, Status>>;
 
 #[tonic::async_trait]
-impl Execution for Worker {
-    type ExecuteStream = OperationStream;
-    type WaitExecutionStream = OperationStream;
-
-    async fn execute(
-        &self,
-        request: Request<ExecuteRequest>,
-    ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let headers = request.metadata().clone().into_headers();
-        let operations = self.run(request.into_inner(), headers).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            operations.into_iter().map(Ok),
-        ))))
+impl Runner for MemoryRunner {
+    fn name(&self) -> &'static str {
+        "fake-worker"
     }
 
-    async fn wait_execution(
-        &self,
-        request: Request<WaitExecutionRequest>,
-    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        let request = request.into_inner();
-        self.record(|l| l.wait_execution_requests.push(request.clone()));
-        let operation = self
-            .completed
-            .lock()
-            .get(&request.name)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("Operation {} not found", request.name)))?;
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-            operation,
-        )]))))
+    async fn execute(&self, job: Job) -> Result<Delivery, Status> {
+        self.run(job).await
     }
 }
 
-/// A running fake scheduler + worker; stops when dropped.
-pub struct FakeWorker {
-    address: SocketAddr,
-    worker: Worker,
-    task: tokio::task::JoinHandle<()>,
-}
+/// A running fake scheduler + worker: the scheduler fake of [`super::scheduler`] with a
+/// [`MemoryRunner`]; stops when dropped.
+pub struct FakeWorker(SchedulerFake<MemoryRunner>);
 
 impl FakeWorker {
     /// Starts serving on 127.0.0.1; blobs are read from `cas`, successful results
@@ -453,65 +379,38 @@ impl FakeWorker {
         ac: Option<Arc<dyn ActionCache>>,
         instance_names: &[&str],
     ) -> Self {
-        let worker = Worker {
+        let runner = MemoryRunner {
             cas,
             ac,
-            instance_names: Arc::new(InstanceNames::new(instance_names)),
-            log: Default::default(),
             behaviour: Default::default(),
-            completed: Default::default(),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tonic::transport::Server::builder().add_service(
-            ExecutionServer::new(worker.clone())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        );
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = server.serve_with_incoming(incoming).await;
-        });
-        Self {
-            address,
-            worker,
-            task,
-        }
+        Self(SchedulerFake::start(runner, instance_names, Connections::Direct).await)
     }
 
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.0.address()
     }
 
-    pub fn log(&self) -> parking_lot::MutexGuard<'_, FakeWorkerLog> {
-        self.worker.log.lock()
+    pub fn log(&self) -> MutexGuard<'_, FakeWorkerLog> {
+        self.0.log()
     }
 
     /// A copy of the log, to hold across awaits.
     pub fn snapshot(&self) -> FakeWorkerLog {
-        self.worker.log.lock().clone()
+        self.0.snapshot()
     }
 
     pub fn set_behaviour(&self, behaviour: WorkerBehaviour) {
-        *self.worker.behaviour.lock() = behaviour;
+        *self.0.runner().behaviour.lock() = behaviour;
     }
 
     /// The final operation of a completed (or stopped) execution, by name.
     pub fn completed_operation(&self, name: &str) -> Option<Operation> {
-        self.worker.completed.lock().get(name).cloned()
+        self.0.operation(name).filter(|op| op.done)
     }
 
     /// Waits until `condition` holds on the log (or panics after `limit`).
     pub async fn wait_until(&self, limit: Duration, condition: impl Fn(&FakeWorkerLog) -> bool) {
-        self.worker
-            .log
-            .wait_until("fake worker", limit, condition)
-            .await
-    }
-}
-
-impl Drop for FakeWorker {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.wait_until(limit, condition).await
     }
 }

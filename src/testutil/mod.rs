@@ -7,12 +7,14 @@
 //! - [`BlobstoreServer`]: an in-process REAPI storage server (CAS, AC, ByteStream,
 //!   Capabilities) on a loopback port, backed by any [`crate::blobstore`] stores, that
 //!   counts the calls it receives and can be told to fail them;
-//! - [`fake_scheduler::FakeScheduler`]: a fake bb_scheduler that answers with a script;
-//! - [`fake_worker::FakeWorker`]: a fake bb_scheduler + worker that materialises the
-//!   input root of each action it is sent from the CAS and records what it saw;
-//! - [`scheduler`]: what every scheduler fake shares (the instance names served and the
-//!   INVALID_ARGUMENT for others, operations as bb_scheduler streams them, the log and
-//!   waiting on it), also used by the chroot worker of `tests/support`;
+//! - [`scheduler::SchedulerFake`]: the one scheduler fake (Execution and Capabilities,
+//!   the instance names served and INVALID_ARGUMENT for others, operations kept by name,
+//!   the log and waiting on it, an optional relay to kill connections), which hands
+//!   each action to a [`scheduler::Runner`]:
+//!   - [`fake_scheduler::FakeScheduler`]: answers with a script;
+//!   - [`fake_worker::FakeWorker`]: materialises the input root of each action from the
+//!     CAS in memory and records what it saw;
+//!   - the chroot worker of `tests/support` runs it in a chroot (needs root);
 //! - [`ManualClock`]: a clock that only moves when a test says so, for decorators that
 //!   expire things (existence caching) without sleeping in tests.
 //!
