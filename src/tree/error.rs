@@ -1,6 +1,7 @@
-//! Error construction for the tree module. Every message starts with the name of the
-//! rule's error (`NotADirectory`, `DanglingHardlink`, `InputRootConflict`, …) so that
-//! callers, tests and operators can match on it, followed by the path concerned.
+//! Error construction for the tree module, and for `crate::merge`, whose errors follow
+//! the same form. Every message starts with the name of the rule's error
+//! (`NotADirectory`, `DanglingHardlink`, `InputRootConflict`, …) so that callers, tests
+//! and operators can match on it, followed by the path concerned.
 //!
 //! Problems in an image or an action are INVALID_ARGUMENT, as Buildbarn answers for
 //! malformed inputs; a missing `usr/bin/env` is FAILED_PRECONDITION.
@@ -17,9 +18,9 @@ pub(crate) fn entry_error(name: &str, entry_path: &str, detail: impl std::fmt::D
     Status::invalid_argument(format!("{name}: layer entry {entry_path:?}: {detail}"))
 }
 
-/// The error name at the start of a message produced here (for tests and callers that
-/// want to branch on it).
-pub fn error_name(status: &Status) -> &str {
+/// The error name at the start of a message produced here, for tests to match on.
+#[cfg(test)]
+pub(crate) fn error_name(status: &Status) -> &str {
     status
         .message()
         .split_once(':')

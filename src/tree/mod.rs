@@ -29,7 +29,7 @@ pub(crate) mod test_support;
 pub use apply::{apply_layer, ApplyReport, MAX_DEPTH};
 pub use directory::{Directory, Node, NodeKind};
 pub(crate) use encode::invalid_name_reason;
-pub use encode::{encode, referenced_blobs, root_digest, EncodedTree, TreeStatistics};
-pub use error::error_name;
+pub use encode::{encode, referenced_blobs, EncodedTree, TreeStatistics};
+#[cfg(test)]
+pub(crate) use error::error_name;
 pub(crate) use error::tree_error;
-pub use path_resolution::MAX_SYMLINK_HOPS;
