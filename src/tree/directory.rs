@@ -124,24 +124,6 @@ impl Directory {
         self.children.is_empty()
     }
 
-    /// The node at `path` ('/'-separated, relative, "" = none), without following any
-    /// symlink.
-    pub fn lookup(&self, path: &str) -> Option<&Node> {
-        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
-        let mut dir = self;
-        while let Some(part) = parts.next() {
-            let node = dir.children.get(part)?;
-            if parts.peek().is_none() {
-                return Some(node);
-            }
-            match node {
-                Node::Directory(d) => dir = d,
-                _ => return None,
-            }
-        }
-        None
-    }
-
     /// The directory at the real (symlink-free) path `parts`, if every part exists as a
     /// directory.
     pub(crate) fn directory_at<S: AsRef<str>>(&self, parts: &[S]) -> Option<&Directory> {
@@ -236,6 +218,26 @@ pub(crate) fn display_path<S: AsRef<str>>(parts: &[S]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Directory {
+        /// The node at `path` ('/'-separated, relative, "" = none), without following any
+        /// symlink.
+        fn lookup(&self, path: &str) -> Option<&Node> {
+            let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+            let mut dir = self;
+            while let Some(part) = parts.next() {
+                let node = dir.children.get(part)?;
+                if parts.peek().is_none() {
+                    return Some(node);
+                }
+                match node {
+                    Node::Directory(d) => dir = d,
+                    _ => return None,
+                }
+            }
+            None
+        }
+    }
 
     fn file(n: u8) -> Node {
         Node::File {

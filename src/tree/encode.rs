@@ -95,12 +95,6 @@ pub fn encode(
     })
 }
 
-/// The canonical digest of the root `Directory` of `tree`, without the checks of
-/// [`encode`].
-pub fn root_digest(tree: &Directory, function: DigestFunction) -> reapi::Digest {
-    memo(tree, function).digest.clone()
-}
-
 /// Every blob `tree` refers to: the digests of its `Directory` messages and of its
 /// files, each once, for completeness checks with FindMissingBlobs (docs/design/directories.md#completeness).
 /// Empty blobs are left out, as servers treat them as always present.
@@ -533,6 +527,12 @@ mod tests {
             .unwrap()
             .insert("f", file(hello(), false));
         assert_eq!(encode(&copy, F, MAX).unwrap().root, before);
+    }
+
+    /// The canonical digest of the root `Directory` of `tree`, without the checks of
+    /// [`encode`].
+    fn root_digest(tree: &Directory, function: DigestFunction) -> reapi::Digest {
+        memo(tree, function).digest.clone()
     }
 
     #[test]
