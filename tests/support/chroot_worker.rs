@@ -2,17 +2,16 @@
 //! and `Capabilities` server on 127.0.0.1 that runs each action the way bb_worker with
 //! bb_runner's `chrootIntoInputRoot` does.
 //!
-//! For every Execute it reads the Action and Command from the shared CAS, materialises
-//! the input root in a temporary directory (files 0555 or 0444, symlinks verbatim),
-//! creates the parents of the output paths, and runs `/usr/bin/env -- <arguments>`
-//! chrooted into the input root, with the working directory resolved inside the chroot
-//! and only the Command's environment variables. Outputs, stdout and stderr go to the
-//! CAS; a successful cacheable result goes to the Action Cache under the digest the
-//! worker received. Operations are streamed as QUEUED, EXECUTING, then a done operation
-//! with the ExecuteResponse; WaitExecution follows an operation by name. Like a real
-//! scheduler it serves only the instance names it was started with. The instance-name
-//! check and the operations are those of every scheduler fake
-//! (`bb_container_expander::testutil::scheduler`); this one differs in its runner.
+//! It is the scheduler fake of `bb_container_expander::testutil::scheduler` (instance
+//! names served, operations kept by name, Capabilities) with a [`ChrootRunner`]: for
+//! every Execute it reads the Action and Command from the shared CAS, materialises the
+//! input root in a temporary directory (files 0555 or 0444, symlinks verbatim), creates
+//! the parents of the output paths, and runs `/usr/bin/env -- <arguments>` chrooted into
+//! the input root, with the working directory resolved inside the chroot and only the
+//! Command's environment variables. Outputs, stdout and stderr go to the CAS; a
+//! successful cacheable result goes to the Action Cache under the digest the worker
+//! received. Operations are streamed as QUEUED, EXECUTING, then a done operation with the
+//! ExecuteResponse; WaitExecution follows the live operation by name.
 //!
 //! chroot(2) needs root (CI runs as root). Every action run is recorded, so tests can
 //! check what reached the worker.
@@ -27,16 +26,13 @@ use bb_container_expander::blobstore::{
     get_message, ActionCache, ContentAddressableStorage, Instance,
 };
 use bb_container_expander::digest::{encode_message, DigestFunction};
-use bb_container_expander::proto::longrunning::Operation;
-use bb_container_expander::proto::reapi::capabilities_server::{Capabilities, CapabilitiesServer};
-use bb_container_expander::proto::reapi::execution_server::{Execution, ExecutionServer};
 use bb_container_expander::proto::{reapi, rpc};
-use bb_container_expander::testutil::scheduler::{final_operation, stage_operation, InstanceNames};
+use bb_container_expander::testutil::scheduler::{
+    Connections, Delivery, Job, Runner, SchedulerFake,
+};
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -44,8 +40,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
 /// Name reported in `ExecutedActionMetadata.worker`.
 pub const WORKER_NAME: &str = "bb-container-expander-test-chroot-worker";
@@ -67,216 +62,75 @@ pub struct ExecutedAction {
 struct State {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
-    /// The instance names served.
-    instance_names: InstanceNames,
     build_directory: tempfile::TempDir,
     next_id: AtomicU64,
-    operations: Mutex<HashMap<String, watch::Receiver<Operation>>>,
     executed: Mutex<Vec<ExecutedAction>>,
 }
 
-/// A running worker; stops serving when dropped.
-pub struct ChrootWorker {
-    address: SocketAddr,
-    state: Arc<State>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+/// The runner: each action in a task of its own, followed live by Execute and
+/// WaitExecution.
+pub struct ChrootRunner(Arc<State>);
+
+#[tonic::async_trait]
+impl Runner for ChrootRunner {
+    fn name(&self) -> &'static str {
+        "chroot-worker"
+    }
+
+    async fn execute(&self, job: Job) -> Result<Delivery, Status> {
+        let Job {
+            request,
+            action_digest,
+            operation,
+            ..
+        } = job;
+        let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
+        function.validate(&action_digest)?;
+        let instance = Instance::new(request.instance_name, function);
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        operation.stage(reapi::execution_stage::Value::Queued);
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            operation.stage(reapi::execution_stage::Value::Executing);
+            let response = state.run(&instance, &action_digest, id).await;
+            operation.complete(response);
+        });
+        Ok(Delivery::Follow)
+    }
 }
+
+/// A running worker (the scheduler fake of `testutil::scheduler` with a [`ChrootRunner`]);
+/// stops serving when dropped.
+pub struct ChrootWorker(SchedulerFake<ChrootRunner>);
 
 impl ChrootWorker {
     /// Serves on a free 127.0.0.1 port, reading and writing blobs through `cas` and `ac`
     /// (typically those of a `BlobstoreServer` that the client and the expander use).
-    /// Serves `instance_names` only: Execute for any other fails with INVALID_ARGUMENT, as
-    /// a real scheduler does.
+    /// Serves `instance_names` only: Execute and GetCapabilities for any other fail with
+    /// INVALID_ARGUMENT, as from a real scheduler.
     pub async fn start(
         cas: Arc<dyn ContentAddressableStorage>,
         ac: Arc<dyn ActionCache>,
         instance_names: &[&str],
     ) -> Self {
-        let state = Arc::new(State {
+        let runner = ChrootRunner(Arc::new(State {
             cas,
             ac,
-            instance_names: InstanceNames::new(instance_names),
             build_directory: tempfile::tempdir().expect("build directory"),
             next_id: AtomicU64::new(1),
-            operations: Mutex::new(HashMap::new()),
             executed: Mutex::new(Vec::new()),
-        });
-        let handler = Handler(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let address = listener.local_addr().expect("local address");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
-            .add_service(ExecutionServer::new(handler.clone()))
-            .add_service(CapabilitiesServer::new(handler));
-        let task = tokio::spawn(async move {
-            let result = server
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = signal.await;
-                })
-                .await;
-            if let Err(e) = result {
-                eprintln!("chroot worker: server failed: {e}");
-            }
-        });
-        Self {
-            address,
-            state,
-            shutdown: Some(shutdown),
-            task,
-        }
+        }));
+        Self(SchedulerFake::start(runner, instance_names, Connections::Direct).await)
     }
 
     /// `127.0.0.1:PORT`.
     pub fn address(&self) -> SocketAddr {
-        self.address
+        self.0.address()
     }
 
     /// Every action run so far, in the order they finished.
     pub fn executed(&self) -> Vec<ExecutedAction> {
-        self.state.executed.lock().clone()
-    }
-}
-
-impl Drop for ChrootWorker {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        self.task.abort();
-    }
-}
-
-#[derive(Clone)]
-struct Handler(Arc<State>);
-
-/// Streams the states of an operation until it is done.
-fn follow(
-    mut receiver: watch::Receiver<Operation>,
-) -> BoxStream<'static, Result<Operation, Status>> {
-    async_stream::stream! {
-        loop {
-            let current = receiver.borrow_and_update().clone();
-            let done = current.done;
-            yield Ok(current);
-            if done {
-                break;
-            }
-            if receiver.changed().await.is_err() {
-                yield Err(Status::internal("The worker dropped the operation"));
-                break;
-            }
-        }
-    }
-    .boxed()
-}
-
-#[tonic::async_trait]
-impl Execution for Handler {
-    type ExecuteStream = BoxStream<'static, Result<Operation, Status>>;
-    type WaitExecutionStream = BoxStream<'static, Result<Operation, Status>>;
-
-    async fn execute(
-        &self,
-        request: Request<reapi::ExecuteRequest>,
-    ) -> Result<Response<Self::ExecuteStream>, Status> {
-        let request = request.into_inner();
-        let action_digest = request
-            .action_digest
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("No action digest provided"))?;
-        self.0.instance_names.check(&request.instance_name)?;
-        let function = DigestFunction::from_request(request.digest_function, &action_digest.hash)?;
-        function.validate(&action_digest)?;
-        let instance = Instance::new(request.instance_name.clone(), function);
-        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            "{}operations/chroot-worker-{id}",
-            instance_prefix(&request.instance_name)
-        );
-        let (sender, receiver) = watch::channel(stage_operation(
-            &name,
-            &action_digest,
-            reapi::execution_stage::Value::Queued,
-        ));
-        self.0
-            .operations
-            .lock()
-            .insert(name.clone(), receiver.clone());
-        let state = self.0.clone();
-        tokio::spawn(async move {
-            let _ = sender.send(stage_operation(
-                &name,
-                &action_digest,
-                reapi::execution_stage::Value::Executing,
-            ));
-            let response = state.run(&instance, &action_digest, id).await;
-            let _ = sender.send(final_operation(&name, &action_digest, response));
-        });
-        Ok(Response::new(follow(receiver)))
-    }
-
-    async fn wait_execution(
-        &self,
-        request: Request<reapi::WaitExecutionRequest>,
-    ) -> Result<Response<Self::WaitExecutionStream>, Status> {
-        let name = request.into_inner().name;
-        let receiver = self
-            .0
-            .operations
-            .lock()
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("Operation {name:?} not found")))?;
-        Ok(Response::new(follow(receiver)))
-    }
-}
-
-fn instance_prefix(instance_name: &str) -> String {
-    if instance_name.is_empty() {
-        String::new()
-    } else {
-        format!("{instance_name}/")
-    }
-}
-
-#[tonic::async_trait]
-impl Capabilities for Handler {
-    async fn get_capabilities(
-        &self,
-        _request: Request<reapi::GetCapabilitiesRequest>,
-    ) -> Result<Response<reapi::ServerCapabilities>, Status> {
-        let version = |minor| bazel_remote_apis::build::bazel::semver::SemVer {
-            major: 2,
-            minor,
-            patch: 0,
-            prerelease: String::new(),
-        };
-        let sha256 = reapi::digest_function::Value::Sha256 as i32;
-        Ok(Response::new(reapi::ServerCapabilities {
-            cache_capabilities: Some(reapi::CacheCapabilities {
-                digest_functions: vec![sha256],
-                action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
-                    update_enabled: false,
-                }),
-                max_batch_total_size_bytes: 4 << 20,
-                symlink_absolute_path_strategy:
-                    reapi::symlink_absolute_path_strategy::Value::Allowed as i32,
-                ..Default::default()
-            }),
-            execution_capabilities: Some(reapi::ExecutionCapabilities {
-                digest_function: sha256,
-                exec_enabled: true,
-                digest_functions: vec![sha256],
-                ..Default::default()
-            }),
-            deprecated_api_version: Some(version(0)),
-            low_api_version: Some(version(0)),
-            high_api_version: Some(version(11)),
-        }))
+        self.0.runner().0.executed.lock().clone()
     }
 }
 
