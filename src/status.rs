@@ -28,7 +28,11 @@ pub(crate) fn wrap(status: Status, context: impl std::fmt::Display) -> Status {
 /// Prefixes the message of `status` with `context` and replaces its code. The details
 /// are dropped: they describe the failure under its old code (a `PreconditionFailure`
 /// under anything but FAILED_PRECONDITION would mislead a client).
-pub(crate) fn wrap_with_code(status: Status, code: Code, context: impl std::fmt::Display) -> Status {
+pub(crate) fn wrap_with_code(
+    status: Status,
+    code: Code,
+    context: impl std::fmt::Display,
+) -> Status {
     Status::new(code, format!("{}: {}", context, status.message()))
 }
 

@@ -26,5 +26,5 @@ pub mod rewriter;
 mod written_overlay;
 
 pub(crate) use configuration::{new_action_rewriter_from_configuration, RewriteOptions};
+pub(crate) use rewriter::RewrittenAction;
 pub use rewriter::{ActionRewriter, Rewrite};
-pub(crate) use rewriter::{RewrittenAction};

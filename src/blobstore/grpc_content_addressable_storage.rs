@@ -430,7 +430,11 @@ pub(crate) fn read_resource_name(instance: &Instance, digest: &reapi::Digest) ->
 
 /// `WriteRequest.resource_name` of an upload:
 /// `{instance_name}/uploads/{uuid}/blobs/{digest_function/}{hash}/{size}`.
-pub(crate) fn write_resource_name(instance: &Instance, uuid: &str, digest: &reapi::Digest) -> String {
+pub(crate) fn write_resource_name(
+    instance: &Instance,
+    uuid: &str,
+    digest: &reapi::Digest,
+) -> String {
     blob_path(instance, digest, &format!("uploads/{uuid}/"))
 }
 

@@ -23,7 +23,11 @@ pub(crate) struct LayerBlob {
 pub(crate) type LayerRequest = StageRequest<LayerBlob>;
 
 impl LayerRequest {
-    pub(crate) fn for_layer(instance: &Instance, pinned: Reference, layer: LayerDescriptor) -> Self {
+    pub(crate) fn for_layer(
+        instance: &Instance,
+        pinned: Reference,
+        layer: LayerDescriptor,
+    ) -> Self {
         let key = FakeAction::new(
             instance,
             Step::IngestLayer,

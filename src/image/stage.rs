@@ -18,7 +18,8 @@ use std::time::Instant;
 use tonic::Status;
 
 /// A stage, boxed so that stacks of decorators compose and clone cheaply.
-pub(crate) type Source<Request, Response> = tower::util::BoxCloneSyncService<Request, Response, Status>;
+pub(crate) type Source<Request, Response> =
+    tower::util::BoxCloneSyncService<Request, Response, Status>;
 
 /// Where a response's record came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -407,25 +407,22 @@ impl OciRegistry {
         descriptor: &Descriptor,
     ) -> Result<Bytes, Status> {
         self.retry
-            .run("config", || {
-                async move {
-                    let stream = self
-                        .open_blob(endpoint, oci_ref, &descriptor.digest, descriptor.size)
-                        .await?;
-                    let mut stream =
-                        BlobStream::new(stream, &descriptor.digest, descriptor.size);
-                    let mut buffer = BytesMut::with_capacity(descriptor.size.max(0) as usize);
-                    while let Some(chunk) = stream.next().await {
-                        match chunk {
-                            Ok(chunk) => buffer.extend_from_slice(&chunk),
-                            Err(status) if status.code() == Code::Unavailable => {
-                                return Err(Failure::transient(status))
-                            }
-                            Err(status) => return Err(Failure::permanent(status)),
+            .run("config", || async move {
+                let stream = self
+                    .open_blob(endpoint, oci_ref, &descriptor.digest, descriptor.size)
+                    .await?;
+                let mut stream = BlobStream::new(stream, &descriptor.digest, descriptor.size);
+                let mut buffer = BytesMut::with_capacity(descriptor.size.max(0) as usize);
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(chunk) => buffer.extend_from_slice(&chunk),
+                        Err(status) if status.code() == Code::Unavailable => {
+                            return Err(Failure::transient(status))
                         }
+                        Err(status) => return Err(Failure::permanent(status)),
                     }
-                    Ok(buffer.freeze())
                 }
+                Ok(buffer.freeze())
             })
             .await
     }
@@ -540,11 +537,7 @@ struct BlobStream {
 }
 
 impl BlobStream {
-    fn new(
-        inner: BoxStream<'static, std::io::Result<Bytes>>,
-        digest: &str,
-        size: i64,
-    ) -> Self {
+    fn new(inner: BoxStream<'static, std::io::Result<Bytes>>, digest: &str, size: i64) -> Self {
         Self {
             inner,
             digest: digest.to_owned(),
@@ -727,19 +720,11 @@ mod tests {
 
     #[tokio::test]
     async fn blob_stream_checks_size() {
-        let ok = BlobStream::new(
-            chunks(vec![Ok(b"ab"), Ok(b"c")]),
-            "sha256:x",
-            3,
-        );
+        let ok = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"c")]), "sha256:x", 3);
         let data: Vec<Bytes> = ok.try_collect().await.unwrap();
         assert_eq!(data.concat(), b"abc");
 
-        let long = BlobStream::new(
-            chunks(vec![Ok(b"ab"), Ok(b"cd")]),
-            "sha256:x",
-            3,
-        );
+        let long = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"cd")]), "sha256:x", 3);
         let err = long.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.code(), Code::DataLoss);
 
