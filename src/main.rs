@@ -4,7 +4,7 @@
 //! anything; `expand IMAGE...` expands images into the CAS and prints the results.
 
 use bb_container_expander::diagnostics::logging;
-use bb_container_expander::{config, program};
+use bb_container_expander::program;
 use std::process::ExitCode;
 
 const USAGE: &str = "Usage:
@@ -49,7 +49,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn check_config(path: &str) -> Result<(), String> {
-    let configuration = config::load(path)?;
+    let configuration = program::load_configuration(path)?;
     // Building the objects catches what the types cannot (header names, addresses, …).
     runtime()?.block_on(async move { program::Program::from_configuration(configuration) })?;
     println!("Configuration {path} is valid");
@@ -69,7 +69,7 @@ fn expand(args: &[String]) -> Result<(), String> {
 }
 
 fn run(path: &str) -> Result<(), String> {
-    let configuration = config::load(path)?;
+    let configuration = program::load_configuration(path)?;
     logging::init(&configuration.global.log_paths)?;
     runtime()?.block_on(async move {
         let program = program::Program::from_configuration(configuration)?;

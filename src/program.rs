@@ -14,7 +14,8 @@ use crate::action::{new_action_rewriter_from_configuration, ActionRewriter};
 use crate::blobstore::configuration::{
     new_action_cache_from_configuration, new_content_addressable_storage_from_configuration,
 };
-use crate::config::ApplicationConfiguration;
+use crate::config::container_images::DEFAULT_KEEPALIVE_INTERVAL;
+use crate::config::{self, ApplicationConfiguration};
 use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
@@ -22,14 +23,31 @@ use crate::image::new_image_expander_from_configuration;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
+use crate::registry::configuration::new_registry_configuration_from_configuration;
 use crate::service::{
     CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution,
 };
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tonic::service::Routes;
+
+/// Loads the configuration file at `path` (`-` for standard input) and checks all of
+/// it: [`config::load`] what is about the configuration alone, then the modules
+/// configured what only they know (registry hosts, supported platforms), with the
+/// same messages (`Invalid configuration in FILE: containerImages.registries[0]…`).
+pub fn load_configuration(path: &str) -> Result<ApplicationConfiguration, String> {
+    let configuration = config::load(path)?;
+    new_registry_configuration_from_configuration(&configuration.container_images)
+        .validate()
+        .map_err(|e| {
+            format!(
+                "Invalid configuration in {}: containerImages.{e}",
+                config::display_path(path)
+            )
+        })?;
+    Ok(configuration)
+}
 
 /// Everything the process serves, built from the configuration but not yet listening.
 pub struct Program {
@@ -73,7 +91,9 @@ impl Program {
                         ExecutionProxy::new(channel.clone(), maximum_message_size),
                         rewriter.clone(),
                         results,
-                        images.keepalive_interval.unwrap_or(Duration::from_secs(5)),
+                        images
+                            .keepalive_interval
+                            .unwrap_or(DEFAULT_KEEPALIVE_INTERVAL),
                     ),
                     CapabilitiesProxy::new(channel),
                 ))
@@ -161,5 +181,35 @@ pub async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("Received SIGTERM, shutting down"),
         _ = int.recv() => tracing::info!("Received SIGINT, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_configuration;
+
+    /// The registry settings are checked where they are used, with the message
+    /// docs/troubleshooting.md shows.
+    #[test]
+    fn registry_settings_are_checked_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.jsonnet");
+        std::fs::write(
+            &path,
+            "{ grpcServers: [{ listenAddresses: [':8985'], authenticationPolicy: { allow: {} } }],
+               blobstore: { contentAddressableStorage: { memory: {} }, actionCache: { memory: {} } },
+               containerImages: { registries: [{ hosts: ['a.example'] }, { hosts: ['A.example'] }] } }",
+        )
+        .unwrap();
+        let path = path.to_str().unwrap();
+        let err = load_configuration(path).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "Invalid configuration in {path}: containerImages.registries[1].hosts[0]: \
+                 host \"A.example\" is listed more than once"
+            )
+        );
+        assert!(crate::config::load(path).is_ok());
     }
 }

@@ -20,6 +20,7 @@
 //! Whether the Buildbarn binaries accept their configurations (schemas, start-up
 //! checks, block sizes, image tags) is `tests/buildbarn_configs.rs`'s job.
 
+use bb_container_expander::action::configuration::new_rewrite_options_from_configuration;
 use bb_container_expander::action::platform_properties;
 use bb_container_expander::config::{self, jsonnet};
 use bb_container_expander::proto::reapi;
@@ -170,7 +171,8 @@ fn every_expander_configuration_is_valid() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     for file in files {
         let path = file.to_str().unwrap();
-        let configuration = config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let configuration = bb_container_expander::program::load_configuration(path)
+            .unwrap_or_else(|e| panic!("{e}"));
         // As check-config: building the objects catches what the types cannot.
         runtime
             .block_on(async move {
@@ -447,7 +449,7 @@ fn assert_chroot_worker_matches_the_expander(dir: &str, worker: &str, runner: &s
     // computed by the expander's own code from its own configuration.
     let expander =
         config::load(root().join(dir).join("expander.jsonnet").to_str().unwrap()).unwrap();
-    let options = expander.container_images.rewrite_options(2 << 20);
+    let options = new_rewrite_options_from_configuration(&expander.container_images, 2 << 20);
     let client = reapi::Platform {
         properties: vec![
             reapi::platform::Property { name: "OSFamily".into(), value: "linux".into() },

@@ -21,6 +21,7 @@ use bb_container_expander::digest::DigestFunction;
 use bb_container_expander::image::{new_image_expander, ExpandedImage, ExpanderOptions};
 use bb_container_expander::proto::cache::{ImageRecord, LayerChangeset};
 use bb_container_expander::proto::reapi;
+use bb_container_expander::registry::configuration::new_registry_configuration_from_configuration;
 use bb_container_expander::registry::{OciRegistry, Platform, Registry};
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -156,13 +157,15 @@ impl World {
     /// Expands the image with a fresh expander (no process memory), over the shared
     /// storage.
     async fn expand(&self) -> Result<ExpandedImage, Status> {
-        let configuration = serde_json::from_value(json!({
-            "registries": [{"hosts": [self.registry.host()]}],
-            "requestTimeout": "5s",
-            "maximumRetries": 1,
-            "initialRetryDelay": "0.05s",
-        }))
-        .unwrap();
+        let configuration = new_registry_configuration_from_configuration(
+            &serde_json::from_value(json!({
+                "registries": [{"hosts": [self.registry.host()]}],
+                "requestTimeout": "5s",
+                "maximumRetries": 1,
+                "initialRetryDelay": "0.05s",
+            }))
+            .unwrap(),
+        );
         let registry: Arc<dyn Registry> = Arc::new(OciRegistry::new(configuration).unwrap());
         let expander = new_image_expander(
             registry,

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bb_container_expander::layer::LayerDescriptor;
+use bb_container_expander::registry::configuration::new_registry_configuration_from_configuration;
 use bb_container_expander::registry::{
     OciRegistry, Platform, Reference, Registry, RegistryConfiguration,
 };
@@ -23,14 +24,15 @@ use support::sha256;
 
 /// A registry configuration with fast retries, listing `entries`.
 fn configuration(entries: Value) -> RegistryConfiguration {
-    let c: RegistryConfiguration = serde_json::from_value(json!({
-        "registries": entries,
-        "requestTimeout": "5s",
-        "maximumRetries": 2,
-        "initialRetryDelay": "0.05s",
-    }))
-    .expect("valid configuration");
-    c
+    new_registry_configuration_from_configuration(
+        &serde_json::from_value(json!({
+            "registries": entries,
+            "requestTimeout": "5s",
+            "maximumRetries": 2,
+            "initialRetryDelay": "0.05s",
+        }))
+        .expect("valid configuration"),
+    )
 }
 
 fn registry_for(host: &str) -> OciRegistry {

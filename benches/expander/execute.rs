@@ -510,8 +510,8 @@ async fn image_rows(
         ),
     )
     .unwrap();
-    let config =
-        bb_container_expander::config::load(path.to_str().unwrap()).expect("bench configuration");
+    let config = bb_container_expander::program::load_configuration(path.to_str().unwrap())
+        .expect("bench configuration");
     let program = Program::from_configuration(config.clone()).expect("program");
     let rewriter = program.rewriter().clone();
     let expander = rewriter.expander().clone();

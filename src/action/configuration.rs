@@ -6,10 +6,15 @@
 
 use super::ActionRewriter;
 use crate::blobstore::ContentAddressableStorage;
-use crate::config::container_images::ContainerImagesConfiguration;
+use crate::config::container_images::{
+    ConflictPolicy, ContainerImagesConfiguration, DEFAULT_DIRECTORY_CACHE_SIZE_BYTES,
+    DEFAULT_PLATFORM_PROPERTY_NAME,
+};
+use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
 use crate::image::ImageExpander;
 use crate::merge::{DirectoryCache, MergePolicy};
 use crate::proto::reapi;
+use crate::registry::configuration::new_platform_from_configuration;
 use crate::registry::Platform;
 use std::sync::Arc;
 
@@ -34,21 +39,44 @@ pub struct RewriteOptions {
 }
 
 impl Default for RewriteOptions {
+    /// The defaults of `containerImages`, with messages of
+    /// [`DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES`].
     fn default() -> Self {
-        Self {
-            property_names: vec!["container-image".into()],
-            input_root_directory: String::new(),
-            conflict_policy: MergePolicy::Strict,
-            add_platform_properties: Vec::new(),
-            require_usr_bin_env: true,
-            maximum_message_size_bytes: 2 << 20,
-            default_platform: Platform::default(),
-        }
+        new_rewrite_options_from_configuration(
+            &ContainerImagesConfiguration::default(),
+            DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES as usize,
+        )
     }
 }
 
-/// The local Directory cache's size when `directoryCacheSizeBytes` is not set.
-const DEFAULT_DIRECTORY_CACHE_SIZE_BYTES: u64 = 256 << 20;
+/// How `containerImages` says actions are rewritten, with its defaults applied.
+pub fn new_rewrite_options_from_configuration(
+    configuration: &ContainerImagesConfiguration,
+    maximum_message_size_bytes: usize,
+) -> RewriteOptions {
+    RewriteOptions {
+        property_names: configuration
+            .platform_property_name
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_PLATFORM_PROPERTY_NAME.into()]),
+        input_root_directory: configuration.input_root_directory.clone(),
+        conflict_policy: match configuration.conflict_policy {
+            ConflictPolicy::Strict => MergePolicy::Strict,
+            ConflictPolicy::InputWins => MergePolicy::InputWins,
+        },
+        add_platform_properties: configuration
+            .add_platform_properties
+            .iter()
+            .map(|p| reapi::platform::Property {
+                name: p.name.clone(),
+                value: p.value.clone(),
+            })
+            .collect(),
+        require_usr_bin_env: configuration.require_usr_bin_env,
+        maximum_message_size_bytes,
+        default_platform: new_platform_from_configuration(&configuration.default_platform),
+    }
+}
 
 /// The rewriter of `containerImages`, expanding with `expander` over `cas`.
 pub fn new_action_rewriter_from_configuration(
@@ -66,6 +94,6 @@ pub fn new_action_rewriter_from_configuration(
         expander,
         cas,
         directories,
-        configuration.rewrite_options(maximum_message_size_bytes),
+        new_rewrite_options_from_configuration(configuration, maximum_message_size_bytes),
     ))
 }

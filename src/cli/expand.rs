@@ -18,8 +18,10 @@ use crate::blobstore::{
 };
 use crate::config::blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES;
 use crate::config::container_images::ContainerImagesConfiguration;
+use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
 use crate::digest::DigestFunction;
 use crate::image::{new_image_expander_from_configuration, ExpandedImage};
+use crate::registry::configuration::new_platform_from_configuration;
 use crate::registry::Platform;
 use serde_json::json;
 use std::path::PathBuf;
@@ -89,7 +91,7 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
         usize,
     ) = match &args.config {
         Some(path) => {
-            let config = crate::config::load(path)?;
+            let config = crate::program::load_configuration(path)?;
             let size = config.maximum_message_size_bytes as usize;
             (
                 new_content_addressable_storage_from_configuration(
@@ -111,12 +113,12 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
                 allow_any_registry: true,
                 ..Default::default()
             },
-            2 << 20,
+            DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES as usize,
         ),
     };
     let platform = match &args.platform {
         Some(p) => parse_platform(p)?,
-        None => images_config.default_platform.clone(),
+        None => new_platform_from_configuration(&images_config.default_platform),
     };
     let expander = new_image_expander_from_configuration(
         &images_config,

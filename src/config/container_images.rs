@@ -1,71 +1,111 @@
 //! `containerImages`: where images may come from and how they are expanded and cached.
-//! The registry fields are those of [`RegistryConfiguration`] (documented there), kept at
-//! this level so that operators write `containerImages.registries[]`.
+//!
+//! Serde types only. Every setting is defined here once, with its default: a field left
+//! unset takes the `DEFAULT_…` constant next to it, and the modules that are configured
+//! turn this into their options (`registry::configuration`, `image::configuration`,
+//! `action::configuration`). `configs/bb_container_expander.jsonnet` documents the same
+//! defaults.
 
 use super::protojson;
-use crate::image::ExpanderOptions;
-use crate::layer::IngestOptions;
-use crate::registry::configuration::{RegistryConfiguration, RegistryHostsConfiguration};
-use crate::registry::Platform;
 use serde::Deserialize;
 use std::time::Duration;
+
+/// `requestTimeout` when unset.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// `maximumRetries` when unset.
+pub const DEFAULT_MAXIMUM_RETRIES: u32 = 4;
+/// `initialRetryDelay` when unset.
+pub const DEFAULT_INITIAL_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// `tagTtl` when unset.
+pub const DEFAULT_TAG_TTL: Duration = Duration::from_secs(300);
+/// `completenessCheckInterval` when unset.
+pub const DEFAULT_COMPLETENESS_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// `maximumImageSizeBytes` when unset: 16 GiB.
+pub const DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES: u64 = 16 << 30;
+/// `maximumLayerSizeBytes` when unset: 16 GiB.
+pub const DEFAULT_MAXIMUM_LAYER_SIZE_BYTES: u64 = 16 << 30;
+/// `maximumConcurrentLayerIngests` when unset.
+pub const DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS: usize = 2;
+/// `directoryCacheSizeBytes` when unset: 256 MiB.
+pub const DEFAULT_DIRECTORY_CACHE_SIZE_BYTES: u64 = 256 << 20;
+/// `platformPropertyName` when unset.
+pub const DEFAULT_PLATFORM_PROPERTY_NAME: &str = "container-image";
+/// `keepaliveInterval` when unset.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// `defaultPlatform.os` when `defaultPlatform` is unset.
+pub const DEFAULT_PLATFORM_OS: &str = "linux";
+/// `defaultPlatform.architecture` when `defaultPlatform` is unset.
+pub const DEFAULT_PLATFORM_ARCHITECTURE: &str = "amd64";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerImagesConfiguration {
     /// Registries that may be contacted, with their credentials and mirrors. Images on
     /// any other host are refused (PERMISSION_DENIED) unless `allowAnyRegistry`.
+    /// Recommended: list every registry your images come from, with pull-only
+    /// credentials.
     #[serde(default)]
     pub registries: Vec<RegistryHostsConfiguration>,
-    /// Contact registries that are not listed. Default: false. Recommended: false.
+    /// Contact registries that are not listed (anonymously, TLS except loopback).
+    /// Default: false: a service must not fetch from arbitrary hosts a client names.
+    /// Recommended: false. The `expand` command without `--config` sets it.
     #[serde(default)]
     pub allow_any_registry: bool,
     /// Platform chosen from multi-platform images when an action has no `ISA`.
-    /// Default: linux/amd64.
+    /// Default: linux/amd64 ([`DEFAULT_PLATFORM_OS`], [`DEFAULT_PLATFORM_ARCHITECTURE`]).
     #[serde(default)]
-    pub default_platform: Platform,
-    /// Deadline of one registry request. Default: '30s'.
+    pub default_platform: PlatformConfiguration,
+    /// Deadline of one registry request: a manifest or config fetch, or opening a blob
+    /// stream (and, while a blob streams, the longest wait for more bytes).
+    /// Default: [`DEFAULT_REQUEST_TIMEOUT`] ('30s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub request_timeout: Option<Duration>,
-    /// Retries of a failed registry request. Default: 4.
+    /// Retries of a failed registry request (5xx, 429, connection errors, timeouts), with
+    /// exponential backoff. A blob stream that breaks after it started is not retried
+    /// here: the whole layer is. Default: [`DEFAULT_MAXIMUM_RETRIES`] (4).
     #[serde(default)]
     pub maximum_retries: Option<u32>,
-    /// Delay before the first retry, doubled for each further one. Default: '0.5s'.
+    /// Delay before the first retry; each further one waits twice as long (with jitter),
+    /// at most 30 s. Default: [`DEFAULT_INITIAL_RETRY_DELAY`] ('0.5s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub initial_retry_delay: Option<Duration>,
 
     /// How long a tag keeps resolving to the same digest, fleet-wide (the record is in
-    /// the Action Cache). Digest-pinned references never expire. Default: '300s'.
+    /// the Action Cache). Digest-pinned references never expire.
+    /// Default: [`DEFAULT_TAG_TTL`] ('300s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub tag_ttl: Option<Duration>,
     /// Refuse references without a digest. Default: false.
     #[serde(default)]
     pub reject_tags: bool,
     /// How long a process trusts that a cached tree is complete in the CAS before it
-    /// checks again with FindMissingBlobs. Default: '3600s'. Keep it well below the time
-    /// your CAS keeps blobs.
+    /// checks again with FindMissingBlobs. Keep it well below the time your CAS keeps
+    /// blobs. Default: [`DEFAULT_COMPLETENESS_CHECK_INTERVAL`] ('3600s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub completeness_check_interval: Option<Duration>,
-    /// Limit on the compressed size of all layers of one image. Default: 16 GiB.
+    /// Limit on the compressed size of all layers of one image.
+    /// Default: [`DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES`] (16 GiB).
     #[serde(default, deserialize_with = "protojson::optional_uint64")]
     pub maximum_image_size_bytes: Option<u64>,
-    /// Limit on one layer, compressed and decompressed. Default: 16 GiB.
+    /// Limit on one layer, compressed and decompressed.
+    /// Default: [`DEFAULT_MAXIMUM_LAYER_SIZE_BYTES`] (16 GiB).
     #[serde(default, deserialize_with = "protojson::optional_uint64")]
     pub maximum_layer_size_bytes: Option<u64>,
-    /// Layers downloaded and ingested at the same time. Default: 2 (one per core is a
-    /// good value: ingestion is CPU bound).
+    /// Layers downloaded and ingested at the same time (one per core is a good value:
+    /// ingestion is CPU bound). Default: [`DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS`] (2).
     #[serde(default)]
     pub maximum_concurrent_layer_ingests: Option<usize>,
     /// Directory where large files of a layer are spooled while they are hashed.
     /// Default: the system's temporary directory.
     #[serde(default)]
     pub spool_directory: Option<String>,
-    /// Size of the local cache of decoded Directory messages. Default: 256 MiB.
+    /// Size of the local cache of decoded Directory messages.
+    /// Default: [`DEFAULT_DIRECTORY_CACHE_SIZE_BYTES`] (256 MiB).
     #[serde(default, deserialize_with = "protojson::optional_uint64")]
     pub directory_cache_size_bytes: Option<u64>,
 
     /// Platform property whose values are image references: a name, or a list of
-    /// names. Default: 'container-image'.
+    /// names. Default: [`DEFAULT_PLATFORM_PROPERTY_NAME`] ('container-image').
     #[serde(default, deserialize_with = "one_or_many")]
     pub platform_property_name: Option<Vec<String>>,
     /// Where the client's input root goes inside the image: '' (the image root) or a
@@ -93,7 +133,7 @@ pub struct ContainerImagesConfiguration {
     #[serde(default = "default_true")]
     pub write_back_results: bool,
     /// Interval of the operation updates sent to a client while its image is being
-    /// expanded. Default: '5s'.
+    /// expanded. Default: [`DEFAULT_KEEPALIVE_INTERVAL`] ('5s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub keepalive_interval: Option<Duration>,
 }
@@ -110,6 +150,7 @@ pub struct PlatformProperty {
     pub value: String,
 }
 
+/// `conflictPolicy`. Default: `STRICT`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConflictPolicy {
@@ -137,85 +178,93 @@ impl Default for ContainerImagesConfiguration {
     }
 }
 
+/// `defaultPlatform`: an OCI platform.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformConfiguration {
+    /// `linux`.
+    pub os: String,
+    /// `amd64`, `arm64`, `arm`, …
+    pub architecture: String,
+    /// `v7` for `arm`, …; empty when none is wanted.
+    #[serde(default)]
+    pub variant: String,
+}
+
+impl Default for PlatformConfiguration {
+    /// linux/amd64.
+    fn default() -> Self {
+        Self {
+            os: DEFAULT_PLATFORM_OS.to_owned(),
+            architecture: DEFAULT_PLATFORM_ARCHITECTURE.to_owned(),
+            variant: String::new(),
+        }
+    }
+}
+
+/// `registries[]`: settings shared by a group of registry hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegistryHostsConfiguration {
+    /// Hosts (with port, if not the default) these settings apply to. Compared
+    /// case-insensitively, with the port (`host:5000` is not `host`); Docker Hub is
+    /// `docker.io` (`index.docker.io` and `registry-1.docker.io` mean the same).
+    pub hosts: Vec<String>,
+    /// Speak plain HTTP instead of HTTPS. Loopback hosts (`localhost`, `127.0.0.0/8`,
+    /// `[::1]`) always use plain HTTP, as Docker does. Default: false.
+    #[serde(default)]
+    pub insecure: bool,
+    /// How to authenticate. Default: anonymous.
+    #[serde(default)]
+    pub credentials: Option<Credentials>,
+    /// Hosts tried, in order, before the registry itself. A mirror uses the settings of its
+    /// own entry if it is listed in `hosts` of some entry, else anonymous access (plain HTTP
+    /// on loopback). Mirrors need not be listed to be contacted. Default: none.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+/// How to authenticate to a registry (a oneof: exactly one key).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Credentials {
+    /// No credentials: `{ "anonymous": {} }`.
+    Anonymous {},
+    /// HTTP basic credentials, also used to obtain bearer tokens.
+    Basic(BasicCredentials),
+    /// A Docker `config.json`, read at startup; its `auths` entry for the host is used.
+    DockerConfigPath(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous {} => f.write_str("Anonymous"),
+            Credentials::Basic(b) => f
+                .debug_struct("Basic")
+                .field("username", &b.username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::DockerConfigPath(p) => f.debug_tuple("DockerConfigPath").field(p).finish(),
+        }
+    }
+}
+
+/// A user name and password.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicCredentials {
+    /// User name.
+    pub username: String,
+    /// Password or access token.
+    pub password: String,
+}
+
 impl ContainerImagesConfiguration {
-    /// The registry access part.
-    pub fn registry_configuration(&self) -> RegistryConfiguration {
-        let defaults = RegistryConfiguration::default();
-        RegistryConfiguration {
-            registries: self.registries.clone(),
-            allow_any_registry: self.allow_any_registry,
-            default_platform: self.default_platform.clone(),
-            request_timeout: self.request_timeout.unwrap_or(defaults.request_timeout),
-            maximum_retries: self.maximum_retries.unwrap_or(defaults.maximum_retries),
-            initial_retry_delay: self
-                .initial_retry_delay
-                .unwrap_or(defaults.initial_retry_delay),
-        }
-    }
-
-    /// The expansion part.
-    pub fn expander_options(&self, maximum_message_size_bytes: usize) -> ExpanderOptions {
-        let defaults = ExpanderOptions::default();
-        let ingest_defaults = IngestOptions::default();
-        ExpanderOptions {
-            tag_ttl: self.tag_ttl.unwrap_or(defaults.tag_ttl),
-            reject_tags: self.reject_tags,
-            completeness_check_interval: self
-                .completeness_check_interval
-                .unwrap_or(defaults.completeness_check_interval),
-            maximum_image_size_bytes: self
-                .maximum_image_size_bytes
-                .unwrap_or(defaults.maximum_image_size_bytes),
-            maximum_concurrent_layer_ingests: self
-                .maximum_concurrent_layer_ingests
-                .unwrap_or(defaults.maximum_concurrent_layer_ingests),
-            maximum_message_size_bytes,
-            layer_retries: defaults.layer_retries,
-            ingest: IngestOptions {
-                maximum_layer_size_bytes: self
-                    .maximum_layer_size_bytes
-                    .unwrap_or(ingest_defaults.maximum_layer_size_bytes),
-                spool_directory: self.spool_directory.clone().map(Into::into),
-                // Batches must fit in one CAS message.
-                batch_size_bytes: ingest_defaults
-                    .batch_size_bytes
-                    .min(maximum_message_size_bytes as u64 / 2),
-                ..ingest_defaults
-            },
-        }
-    }
-
-    /// How actions are rewritten.
-    pub fn rewrite_options(
-        &self,
-        maximum_message_size_bytes: usize,
-    ) -> crate::action::RewriteOptions {
-        crate::action::RewriteOptions {
-            property_names: self
-                .platform_property_name
-                .clone()
-                .unwrap_or_else(|| vec!["container-image".into()]),
-            input_root_directory: self.input_root_directory.clone(),
-            conflict_policy: match self.conflict_policy {
-                ConflictPolicy::Strict => crate::merge::MergePolicy::Strict,
-                ConflictPolicy::InputWins => crate::merge::MergePolicy::InputWins,
-            },
-            add_platform_properties: self
-                .add_platform_properties
-                .iter()
-                .map(|p| crate::proto::reapi::platform::Property {
-                    name: p.name.clone(),
-                    value: p.value.clone(),
-                })
-                .collect(),
-            require_usr_bin_env: self.require_usr_bin_env,
-            maximum_message_size_bytes,
-            default_platform: self.default_platform.clone(),
-        }
-    }
-
+    /// Checks what the types cannot express and needs no other module. The registry
+    /// settings (host syntax, supported platforms) are checked by
+    /// `registry::configuration`, where they are used.
     pub fn validate(&self) -> Result<(), String> {
-        self.registry_configuration().validate()?;
         if let Some(names) = &self.platform_property_name {
             if names.is_empty() || names.iter().any(|n| n.is_empty()) {
                 return Err("platformPropertyName: names must not be empty".into());

@@ -25,7 +25,8 @@ pub struct ApplicationConfiguration {
     /// Servers on which the expander offers Execution, Capabilities and Health.
     pub grpc_servers: Vec<grpc::ServerConfiguration>,
     /// Largest protobuf message read from or written to the CAS (Directories, Actions).
-    /// Must match bb_worker's setting. Recommended value: 2 MiB, as bb-deployments.
+    /// Must match bb_worker's setting. Default: [`DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES`].
+    /// Recommended value: 2 MiB, as bb-deployments.
     #[serde(
         default = "default_maximum_message_size_bytes",
         deserialize_with = "protojson::uint64"
@@ -42,12 +43,16 @@ pub struct ApplicationConfiguration {
     pub container_images: container_images::ContainerImagesConfiguration,
 }
 
+/// `maximumMessageSizeBytes` when unset: 2 MiB.
+pub const DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES: u64 = 2 * 1024 * 1024;
+
 fn default_maximum_message_size_bytes() -> u64 {
-    2 * 1024 * 1024
+    DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES
 }
 
 impl ApplicationConfiguration {
-    /// Checks what the types cannot express.
+    /// Checks what the types cannot express and needs no other module; the modules
+    /// configured check the rest when their objects are created from it.
     pub fn validate(&self) -> Result<(), String> {
         if self.grpc_servers.is_empty() {
             return Err("grpcServers: at least one server is required".into());
@@ -80,11 +85,19 @@ impl ApplicationConfiguration {
 /// Loads and validates the configuration file at `path` (`-` for standard input).
 pub fn load(path: &str) -> Result<ApplicationConfiguration, String> {
     let config: ApplicationConfiguration = jsonnet::load_file(path)?;
-    let shown = if path == "-" { "standard input" } else { path };
     config
         .validate()
-        .map_err(|e| format!("Invalid configuration in {shown}: {e}"))?;
+        .map_err(|e| format!("Invalid configuration in {}: {e}", display_path(path)))?;
     Ok(config)
+}
+
+/// How messages name the configuration file at `path`.
+pub fn display_path(path: &str) -> &str {
+    if path == "-" {
+        "standard input"
+    } else {
+        path
+    }
 }
 
 #[cfg(test)]

@@ -16,9 +16,15 @@ use super::registry_layer_source::RegistryLayerSource;
 use super::tag_resolver::TagResolver;
 use super::tree_builder::TreeBuilder;
 use crate::blobstore::{ActionCache, ContentAddressableStorage};
-use crate::config::container_images::ContainerImagesConfiguration;
-use crate::layer::LayerIngester;
+use crate::config::container_images::{
+    ContainerImagesConfiguration, DEFAULT_COMPLETENESS_CHECK_INTERVAL,
+    DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS, DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES,
+    DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_TAG_TTL,
+};
+use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
+use crate::layer::{IngestOptions, LayerIngester};
 use crate::proto::cache::ImageRecord;
+use crate::registry::configuration::new_registry_configuration_from_configuration;
 use crate::registry::{OciRegistry, Registry};
 use std::sync::Arc;
 use tower::ServiceBuilder;
@@ -31,10 +37,61 @@ pub fn new_image_expander_from_configuration(
     ac: Arc<dyn ActionCache>,
     maximum_message_size_bytes: usize,
 ) -> Result<Arc<ImageExpander>, String> {
-    let registry = OciRegistry::new(configuration.registry_configuration())
+    let registry = OciRegistry::new(new_registry_configuration_from_configuration(configuration))
         .map_err(|s| format!("Failed to create registry client: {}", s.message()))?;
-    let options = configuration.expander_options(maximum_message_size_bytes);
+    let options =
+        new_expander_options_from_configuration(configuration, maximum_message_size_bytes);
     Ok(new_image_expander(Arc::new(registry), cas, ac, options))
+}
+
+/// How often a layer whose download failed transiently is fetched again. Not
+/// configurable.
+const LAYER_RETRIES: u32 = 1;
+
+impl Default for ExpanderOptions {
+    /// The defaults of `containerImages`, with messages of
+    /// [`DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES`].
+    fn default() -> Self {
+        new_expander_options_from_configuration(
+            &ContainerImagesConfiguration::default(),
+            DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES as usize,
+        )
+    }
+}
+
+/// The expansion settings of `containerImages`, with their defaults applied. Layer
+/// ingestion batches are capped at half a message, so that a batch fits in one CAS
+/// request.
+pub fn new_expander_options_from_configuration(
+    configuration: &ContainerImagesConfiguration,
+    maximum_message_size_bytes: usize,
+) -> ExpanderOptions {
+    let ingest_defaults = IngestOptions::default();
+    ExpanderOptions {
+        tag_ttl: configuration.tag_ttl.unwrap_or(DEFAULT_TAG_TTL),
+        reject_tags: configuration.reject_tags,
+        completeness_check_interval: configuration
+            .completeness_check_interval
+            .unwrap_or(DEFAULT_COMPLETENESS_CHECK_INTERVAL),
+        maximum_image_size_bytes: configuration
+            .maximum_image_size_bytes
+            .unwrap_or(DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES),
+        maximum_concurrent_layer_ingests: configuration
+            .maximum_concurrent_layer_ingests
+            .unwrap_or(DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS),
+        maximum_message_size_bytes,
+        layer_retries: LAYER_RETRIES,
+        ingest: IngestOptions {
+            maximum_layer_size_bytes: configuration
+                .maximum_layer_size_bytes
+                .unwrap_or(DEFAULT_MAXIMUM_LAYER_SIZE_BYTES),
+            spool_directory: configuration.spool_directory.clone().map(Into::into),
+            batch_size_bytes: ingest_defaults
+                .batch_size_bytes
+                .min(maximum_message_size_bytes as u64 / 2),
+            ..ingest_defaults
+        },
+    }
 }
 
 /// An expander over `registry` and the given stores.

@@ -53,21 +53,6 @@ pub struct ExpanderOptions {
     pub ingest: IngestOptions,
 }
 
-impl Default for ExpanderOptions {
-    fn default() -> Self {
-        Self {
-            tag_ttl: Duration::from_secs(300),
-            reject_tags: false,
-            completeness_check_interval: Duration::from_secs(3600),
-            maximum_image_size_bytes: 16 << 30,
-            maximum_concurrent_layer_ingests: 2,
-            maximum_message_size_bytes: 2 << 20,
-            layer_retries: 1,
-            ingest: IngestOptions::default(),
-        }
-    }
-}
-
 /// The result of expanding one image.
 #[derive(Clone, Debug)]
 pub struct ExpandedImage {

@@ -47,6 +47,7 @@ mod worker;
 mod tests;
 
 use crate::blobstore::{ChunkStream, ContentAddressableStorage, Instance};
+use crate::config::container_images::DEFAULT_MAXIMUM_LAYER_SIZE_BYTES;
 use crate::proto::cache::{layer_entry::Kind, LayerChangeset};
 use crate::proto::reapi::Digest;
 use futures::StreamExt;
@@ -76,9 +77,11 @@ pub struct IngestOptions {
 }
 
 impl Default for IngestOptions {
+    /// `maximumLayerSizeBytes` as `containerImages` defaults it; the rest are not
+    /// configurable.
     fn default() -> Self {
         Self {
-            maximum_layer_size_bytes: 16 << 30,
+            maximum_layer_size_bytes: DEFAULT_MAXIMUM_LAYER_SIZE_BYTES,
             small_file_threshold_bytes: 256 << 10,
             batch_size_bytes: 1 << 20,
             maximum_concurrent_uploads: 4,

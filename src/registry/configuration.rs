@@ -1,8 +1,10 @@
-//! Configuration of registry access: which registries may be contacted, how (plain HTTP or
-//! TLS, mirrors), with which credentials, and the request policy (timeout, retries).
+//! Registry access as the registry module uses it: which registries may be contacted,
+//! how (plain HTTP or TLS, mirrors), with which credentials, and the request policy
+//! (timeout, retries), made from `containerImages` by
+//! [`new_registry_configuration_from_configuration`].
 //!
-//! Buildbarn conventions (buildbarn.md §1): lowerCamelCase, unknown fields rejected,
-//! durations as protobuf JSON strings (`"30s"`), a oneof is an object with exactly one key.
+//! The settings, their documentation and their defaults are in
+//! [`crate::config::container_images`], at the level operators write them:
 //!
 //! ```json
 //! {
@@ -29,127 +31,70 @@
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::platform::Platform;
 use super::reference::validate_host;
-use crate::config::protojson;
+pub use crate::config::container_images::{
+    BasicCredentials, Credentials, RegistryHostsConfiguration,
+};
+use crate::config::container_images::{
+    ContainerImagesConfiguration, PlatformConfiguration, DEFAULT_INITIAL_RETRY_DELAY,
+    DEFAULT_MAXIMUM_RETRIES, DEFAULT_REQUEST_TIMEOUT,
+};
 
-/// Registry access, as configured.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// Registry access: the registry settings of `containerImages` with their defaults
+/// applied.
+#[derive(Clone, Debug)]
 pub struct RegistryConfiguration {
-    /// Registries that may be contacted, with their settings. Recommended: list every
-    /// registry your images come from, with pull-only credentials.
-    #[serde(default)]
+    /// Registries that may be contacted, with their settings.
     pub registries: Vec<RegistryHostsConfiguration>,
-    /// Contact hosts that are not listed (anonymously, TLS except loopback). Default false:
-    /// a service must not fetch from arbitrary hosts a client names. The CLI sets it true.
-    #[serde(default)]
+    /// Contact hosts that are not listed (anonymously, TLS except loopback).
     pub allow_any_registry: bool,
     /// The platform chosen from multi-platform images when an action names no `ISA`.
-    /// Default linux/amd64.
-    #[serde(default)]
     pub default_platform: Platform,
-    /// Deadline of one request: a manifest or config fetch, or opening a blob stream (and,
-    /// while a blob streams, the longest wait for more bytes). Recommended: "30s".
-    #[serde(
-        default = "default_request_timeout",
-        deserialize_with = "protojson::duration"
-    )]
+    /// Deadline of one request (and, while a blob streams, the longest wait for more
+    /// bytes).
     pub request_timeout: Duration,
-    /// How often a failed request is retried (5xx, 429, connection errors, timeouts) with
-    /// exponential backoff. Default 4. A blob stream that breaks after it started is not
-    /// retried here: the caller retries the whole layer.
-    #[serde(default = "default_maximum_retries")]
+    /// How often a failed request is retried, with exponential backoff.
     pub maximum_retries: u32,
-    /// Delay before the first retry; each further retry waits twice as long (with jitter),
-    /// at most 30 s. Default "0.5s".
-    #[serde(
-        default = "default_initial_retry_delay",
-        deserialize_with = "protojson::duration"
-    )]
+    /// Delay before the first retry; each further retry waits twice as long.
     pub initial_retry_delay: Duration,
 }
 
 impl Default for RegistryConfiguration {
+    /// The defaults of `containerImages`: no registry listed, none other allowed.
     fn default() -> Self {
-        Self {
-            registries: Vec::new(),
-            allow_any_registry: false,
-            default_platform: Platform::default(),
-            request_timeout: default_request_timeout(),
-            maximum_retries: default_maximum_retries(),
-            initial_retry_delay: default_initial_retry_delay(),
-        }
+        new_registry_configuration_from_configuration(&ContainerImagesConfiguration::default())
     }
 }
 
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_maximum_retries() -> u32 {
-    4
-}
-
-fn default_initial_retry_delay() -> Duration {
-    Duration::from_millis(500)
-}
-
-/// Settings shared by a group of registry hosts.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RegistryHostsConfiguration {
-    /// Hosts (with port, if not the default) these settings apply to.
-    pub hosts: Vec<String>,
-    /// Speak plain HTTP instead of HTTPS. Loopback hosts always use plain HTTP.
-    #[serde(default)]
-    pub insecure: bool,
-    /// How to authenticate. Default anonymous.
-    #[serde(default)]
-    pub credentials: Option<Credentials>,
-    /// Hosts tried, in order, before the registry itself. A mirror uses the settings of its
-    /// own entry if it is listed in `hosts` of some entry, else anonymous access (plain HTTP
-    /// on loopback). Mirrors need not be listed to be contacted.
-    #[serde(default)]
-    pub mirrors: Vec<String>,
-}
-
-/// How to authenticate to a registry (a oneof: exactly one key).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum Credentials {
-    /// No credentials: `{ "anonymous": {} }`.
-    Anonymous {},
-    /// HTTP basic credentials, also used to obtain bearer tokens.
-    Basic(BasicCredentials),
-    /// A Docker `config.json`, read at startup; its `auths` entry for the host is used.
-    DockerConfigPath(String),
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::Anonymous {} => f.write_str("Anonymous"),
-            Credentials::Basic(b) => f
-                .debug_struct("Basic")
-                .field("username", &b.username)
-                .field("password", &"<redacted>")
-                .finish(),
-            Credentials::DockerConfigPath(p) => f.debug_tuple("DockerConfigPath").field(p).finish(),
-        }
+/// The registry access `containerImages` configures. Not validated here:
+/// [`RegistryConfiguration::validate`] (called by `OciRegistry::new`) does that.
+pub fn new_registry_configuration_from_configuration(
+    configuration: &ContainerImagesConfiguration,
+) -> RegistryConfiguration {
+    RegistryConfiguration {
+        registries: configuration.registries.clone(),
+        allow_any_registry: configuration.allow_any_registry,
+        default_platform: new_platform_from_configuration(&configuration.default_platform),
+        request_timeout: configuration
+            .request_timeout
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+        maximum_retries: configuration
+            .maximum_retries
+            .unwrap_or(DEFAULT_MAXIMUM_RETRIES),
+        initial_retry_delay: configuration
+            .initial_retry_delay
+            .unwrap_or(DEFAULT_INITIAL_RETRY_DELAY),
     }
 }
 
-/// A user name and password.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BasicCredentials {
-    /// User name.
-    pub username: String,
-    /// Password or access token.
-    pub password: String,
+/// The platform `defaultPlatform` names.
+pub fn new_platform_from_configuration(configuration: &PlatformConfiguration) -> Platform {
+    Platform::new(
+        &configuration.os,
+        &configuration.architecture,
+        &configuration.variant,
+    )
 }
 
 impl RegistryConfiguration {
@@ -245,7 +190,9 @@ mod tests {
     use super::*;
 
     fn parse(json: &str) -> Result<RegistryConfiguration, String> {
-        let c: RegistryConfiguration = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let c: ContainerImagesConfiguration =
+            serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let c = new_registry_configuration_from_configuration(&c);
         c.validate()?;
         Ok(c)
     }

@@ -616,11 +616,13 @@ impl Stream for BlobStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::configuration::RegistryHostsConfiguration;
+    use crate::registry::configuration::{
+        new_registry_configuration_from_configuration, RegistryHostsConfiguration,
+    };
     use futures::TryStreamExt;
 
     fn configuration(json: &str) -> RegistryConfiguration {
-        serde_json::from_str(json).unwrap()
+        new_registry_configuration_from_configuration(&serde_json::from_str(json).unwrap())
     }
 
     #[tokio::test]

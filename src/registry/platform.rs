@@ -11,28 +11,27 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use tonic::Status;
 
+use super::configuration::new_platform_from_configuration;
 use super::manifest::{is_index_media_type, is_manifest_media_type, Descriptor, Index};
+use crate::config::container_images::PlatformConfiguration;
 
 /// An OCI platform: operating system, CPU architecture and optional variant (`""` = none).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Platform {
     /// `linux`.
     pub os: String,
     /// `amd64`, `arm64`, `arm`, `386`, `ppc64le`, `riscv64`, `s390x`, …
     pub architecture: String,
     /// `v7` for `arm`, …; empty when none is wanted or given.
-    #[serde(default)]
     pub variant: String,
 }
 
 impl Default for Platform {
-    /// `linux/amd64`.
+    /// `defaultPlatform` when unset: `linux/amd64`.
     fn default() -> Self {
-        Self::new("linux", "amd64", "")
+        new_platform_from_configuration(&PlatformConfiguration::default())
     }
 }
 

@@ -26,6 +26,7 @@ use bb_container_expander::image::{
     new_image_expander, ExpandedImage, ExpanderOptions, ImageExpander,
 };
 use bb_container_expander::proto::reapi;
+use bb_container_expander::registry::configuration::new_registry_configuration_from_configuration;
 use bb_container_expander::registry::{OciRegistry, Platform, Registry, RegistryConfiguration};
 use serde_json::{json, Value};
 use tonic::Status;
@@ -260,13 +261,15 @@ pub fn assert_trees_eq(actual: &Tree, expected: &Tree) {
 
 /// A registry configuration with short timeouts and fast retries, listing `entries`.
 pub fn registry_configuration(entries: Value) -> RegistryConfiguration {
-    serde_json::from_value(json!({
-        "registries": entries,
-        "requestTimeout": "5s",
-        "maximumRetries": 1,
-        "initialRetryDelay": "0.05s",
-    }))
-    .expect("valid registry configuration")
+    new_registry_configuration_from_configuration(
+        &serde_json::from_value(json!({
+            "registries": entries,
+            "requestTimeout": "5s",
+            "maximumRetries": 1,
+            "initialRetryDelay": "0.05s",
+        }))
+        .expect("valid registry configuration"),
+    )
 }
 
 /// An `OciRegistry` allowed to contact `host` anonymously.
