@@ -15,6 +15,8 @@
 //! - [`tar_entries`]: tar entries → changeset entries (docs/design/layers.md#tar-parsing, #names, #path-normalisation, #symlink-targets, #whiteouts, #opaque-directories, #hard-links, #executable-bit,
 //!   docs/design/layers.md#devices-and-fifos), file contents hashed while streaming;
 //! - [`names`]: NUL, UTF-8, normalisation and whiteout names;
+//! - [`limits`]: limits on names, extension records and entry counts, and the memory
+//!   they bound;
 //! - [`worker`]: the blocking half: pipeline, drain to EOF, verification (docs/design/layers.md#verification);
 //! - [`uploader`]: the async half: batched and streamed uploads, bounded in flight.
 //!
@@ -27,13 +29,16 @@
 //! Error codes: a layer that is corrupt, inconsistent with its descriptor, or uses
 //! something we cannot apply (media type, digest algorithm, entry type, name) is
 //! INVALID_ARGUMENT — "the image is bad", which retrying does not fix. Exceeding
-//! `maximum_layer_size_bytes` is RESOURCE_EXHAUSTED. Errors of the blob stream and of the
+//! `maximum_layer_size_bytes` is RESOURCE_EXHAUSTED; exceeding a metadata limit
+//! ([`limits`]) is FAILED_PRECONDITION. Errors of the blob stream and of the
 //! CAS keep their own codes (UNAVAILABLE, …); local spool failures are INTERNAL. Every
 //! message starts with `Failed to ingest layer <digest>: `, and entry errors name the
 //! entry as it appears in the tar (`Entry "etc/../../x": Path traversal`).
 
 pub mod descriptor;
 pub use descriptor::LayerDescriptor;
+pub mod limits;
+pub use limits::MetadataLimits;
 
 mod media_type;
 mod names;
@@ -74,6 +79,8 @@ pub struct IngestOptions {
     pub stream_chunk_size_bytes: usize,
     /// Where large files are spooled; the system's temporary directory if `None`.
     pub spool_directory: Option<PathBuf>,
+    /// Totals of entries and names per layer and per image ([`limits`]).
+    pub metadata_limits: MetadataLimits,
 }
 
 impl Default for IngestOptions {
@@ -87,6 +94,7 @@ impl Default for IngestOptions {
             maximum_concurrent_uploads: 4,
             stream_chunk_size_bytes: 64 << 10,
             spool_directory: None,
+            metadata_limits: MetadataLimits::default(),
         }
     }
 }
@@ -163,6 +171,7 @@ impl LayerIngester {
                 digest_function: instance.digest_function,
                 small_file_threshold_bytes: self.options.small_file_threshold_bytes,
                 spool_directory: self.options.spool_directory.clone(),
+                metadata_limits: self.options.metadata_limits.clone(),
             },
         };
         let parser = tokio::task::spawn_blocking(move || job.run());

@@ -1,4 +1,4 @@
-//! OCI content digests (`sha256:<hex>`, `sha512:<hex>`): parsing the strings that
+//! OCI content digests (`sha256:<hex>`, `sha384:<hex>`, `sha512:<hex>`): parsing the strings that
 //! manifests and image configs carry, and hashing streams to compare against them
 //! (docs/design/layers.md#verification).
 //!
@@ -13,6 +13,7 @@ use tonic::Status;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OciAlgorithm {
     Sha256,
+    Sha384,
     Sha512,
 }
 
@@ -20,6 +21,7 @@ impl OciAlgorithm {
     fn name(self) -> &'static str {
         match self {
             Self::Sha256 => "sha256",
+            Self::Sha384 => "sha384",
             Self::Sha512 => "sha512",
         }
     }
@@ -27,6 +29,7 @@ impl OciAlgorithm {
     fn hex_length(self) -> usize {
         match self {
             Self::Sha256 => 64,
+            Self::Sha384 => 96,
             Self::Sha512 => 128,
         }
     }
@@ -50,6 +53,7 @@ impl OciDigest {
         };
         let algorithm = match algorithm {
             "sha256" => OciAlgorithm::Sha256,
+            "sha384" => OciAlgorithm::Sha384,
             "sha512" => OciAlgorithm::Sha512,
             _ => {
                 return Err(Status::invalid_argument(format!(
@@ -77,6 +81,7 @@ impl OciDigest {
     pub(crate) fn hasher(&self) -> OciHasher {
         match self.algorithm {
             OciAlgorithm::Sha256 => OciHasher::Sha256(sha2::Sha256::new()),
+            OciAlgorithm::Sha384 => OciHasher::Sha384(sha2::Sha384::new()),
             OciAlgorithm::Sha512 => OciHasher::Sha512(sha2::Sha512::new()),
         }
     }
@@ -91,6 +96,7 @@ impl fmt::Display for OciDigest {
 /// Incremental hashing into an [`OciDigest`].
 pub(crate) enum OciHasher {
     Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
     Sha512(sha2::Sha512),
 }
 
@@ -98,6 +104,7 @@ impl OciHasher {
     pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Self::Sha256(h) => h.update(data),
+            Self::Sha384(h) => h.update(data),
             Self::Sha512(h) => h.update(data),
         }
     }
@@ -106,6 +113,10 @@ impl OciHasher {
         match self {
             Self::Sha256(h) => OciDigest {
                 algorithm: OciAlgorithm::Sha256,
+                hex: hex::encode(h.finalize()),
+            },
+            Self::Sha384(h) => OciDigest {
+                algorithm: OciAlgorithm::Sha384,
                 hex: hex::encode(h.finalize()),
             },
             Self::Sha512(h) => OciDigest {
@@ -136,6 +147,15 @@ mod tests {
         let mut h = d.hasher();
         h.update(b"abc");
         assert!(h.finish().to_string().starts_with("sha512:ddaf35a1"));
+    }
+
+    #[test]
+    fn hashes_sha384() {
+        let d = OciDigest::parse(&format!("sha384:{}", "0".repeat(96))).unwrap();
+        let mut h = d.hasher();
+        h.update(b"abc");
+        assert!(h.finish().to_string().starts_with("sha384:cb00753f"));
+        assert!(OciDigest::parse(&format!("sha384:{}", "0".repeat(64))).is_err());
     }
 
     #[test]

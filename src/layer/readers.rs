@@ -6,6 +6,7 @@
 //! and `tar` may rewrap, so the precise `Status` of the first failure is kept in a shared
 //! [`Failure`] slot; the caller reports that one instead of whatever error surfaced.
 
+use super::limits;
 use super::media_type::Compression;
 use super::oci_digest::{OciDigest, OciHasher};
 use bytes::Bytes;
@@ -193,13 +194,122 @@ impl Read for BlobReader {
     }
 }
 
-/// Budget of bytes the tar parser may read while it looks for the next entry: headers,
-/// padding, and the GNU long name/link and PAX records it buffers in memory. `None`
-/// while entry data is read. Go's archive/tar allows 1 MiB per extension record.
-pub(crate) type MetadataBudget = Rc<Cell<Option<u64>>>;
+/// What the tar parser may read while it looks for the next entry: headers, padding,
+/// and the GNU long name/link and PAX records it buffers in memory. Inactive while entry
+/// data is read. Besides the byte budget, the headers of extension records are watched
+/// as they stream past, so that a record larger than
+/// [`limits::MAXIMUM_EXTENSION_RECORD_BYTES`] is refused before `tar` reads it.
+#[derive(Clone, Default)]
+pub(crate) struct MetadataBudget(Rc<RefCell<Option<HeaderWatch>>>);
 
-/// The budget granted for finding one entry.
-pub(crate) const METADATA_LIMIT_BYTES: u64 = 4 << 20;
+struct HeaderWatch {
+    remaining: u64,
+    /// Stream offset of the next header block, while headers are still expected.
+    next_header: Option<u64>,
+    header: Vec<u8>,
+}
+
+impl MetadataBudget {
+    /// Grants [`METADATA_LIMIT_BYTES`] for finding the next entry, whose first header
+    /// block is the first one at or after stream offset `position`.
+    pub(crate) fn start(&self, position: u64) {
+        *self.0.borrow_mut() = Some(HeaderWatch {
+            remaining: METADATA_LIMIT_BYTES,
+            next_header: Some(position.div_ceil(512) * 512),
+            header: Vec::with_capacity(512),
+        });
+    }
+
+    pub(crate) fn stop(&self) {
+        *self.0.borrow_mut() = None;
+    }
+
+    /// Accounts for `data`, read at stream offset `offset`.
+    fn observe(&self, offset: u64, data: &[u8]) -> Result<(), Status> {
+        let mut slot = self.0.borrow_mut();
+        let Some(watch) = slot.as_mut() else {
+            return Ok(());
+        };
+        let n = data.len() as u64;
+        if n > watch.remaining {
+            return Err(Status::failed_precondition(format!(
+                "Limit exceeded: tar headers and extension records of one entry exceed \
+                 {METADATA_LIMIT_BYTES} bytes"
+            )));
+        }
+        watch.remaining -= n;
+        let end = offset + n;
+        while let Some(header_start) = watch.next_header {
+            let wanted = header_start + watch.header.len() as u64;
+            if wanted >= end {
+                break;
+            }
+            let Some(from) = wanted.checked_sub(offset) else {
+                // Not where a header was expected to be: leave it to `tar`.
+                watch.next_header = None;
+                break;
+            };
+            let from = from as usize;
+            let take = (512 - watch.header.len()).min(data.len() - from);
+            watch.header.extend_from_slice(&data[from..from + take]);
+            if watch.header.len() < 512 {
+                break;
+            }
+            let typeflag = watch.header[156];
+            let size = header_size(&watch.header[124..136]);
+            watch.header.clear();
+            watch.next_header = None;
+            let what = match typeflag {
+                b'x' => "PAX extended header",
+                b'L' => "GNU long name record",
+                b'K' => "GNU long link record",
+                _ => break,
+            };
+            let Some(size) = size else { break };
+            if size > limits::MAXIMUM_EXTENSION_RECORD_BYTES {
+                return Err(Status::failed_precondition(format!(
+                    "Limit exceeded: {what} of {size} bytes, while at most {} bytes are \
+                     allowed",
+                    limits::MAXIMUM_EXTENSION_RECORD_BYTES
+                )));
+            }
+            watch.next_header = Some(header_start + 512 + size.div_ceil(512) * 512);
+        }
+        Ok(())
+    }
+}
+
+/// The size field of a tar header (octal, or base-256 if the high bit is set); `None` if
+/// it cannot be read, which `tar` then reports.
+fn header_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        if field[0] != 0x80 || field[1..4].iter().any(|&b| b != 0) {
+            return None;
+        }
+        return Some(
+            field[4..]
+                .iter()
+                .fold(0u64, |v, &b| (v << 8) | u64::from(b)),
+        );
+    }
+    let digits = field
+        .iter()
+        .copied()
+        .skip_while(|&b| b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b));
+    let mut value = 0u64;
+    for digit in digits {
+        value = value.checked_mul(8)?.checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(value)
+}
+
+/// The budget granted for finding one entry: up to three extension records (GNU long
+/// name, GNU long link, PAX; `tar` refuses a second one of a kind) with their headers and
+/// padding, the entry's header, the padding of the previous entry's data, and 64 KiB for
+/// the extension blocks of GNU sparse headers.
+pub(crate) const METADATA_LIMIT_BYTES: u64 =
+    3 * (limits::MAXIMUM_EXTENSION_RECORD_BYTES + 1024) + 1024 + (64 << 10);
 
 /// How far the decompressed stream has been read, and whether its end was seen; shared
 /// with the tar parser, which cannot ask the stream itself while `tar` holds it.
@@ -272,13 +382,11 @@ impl<R: Read> Read for TarStreamReader<R> {
                 self.limit
             ))));
         }
-        if let Some(budget) = self.metadata_budget.get() {
-            if n as u64 > budget {
-                return Err(self.failure.record(Status::invalid_argument(format!(
-                    "Tar headers and extension records of one entry exceed {METADATA_LIMIT_BYTES} bytes"
-                ))));
-            }
-            self.metadata_budget.set(Some(budget - n as u64));
+        if let Err(status) = self
+            .metadata_budget
+            .observe(self.bytes - n as u64, &buf[..n])
+        {
+            return Err(self.failure.record(status));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)

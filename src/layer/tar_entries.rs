@@ -10,8 +10,9 @@
 //! sizes above 2^63-1 rejected, and every entry's data read to its declared end (a
 //! truncated stream is an error). Zero blocks end the archive (`set_ignore_zeros(false)`).
 
+use super::limits::{self, LayerTotals, MetadataLimits};
 use super::names::{self, EntryName};
-use super::readers::{Failure, MetadataBudget, StreamPosition, METADATA_LIMIT_BYTES};
+use super::readers::{Failure, MetadataBudget, StreamPosition};
 use super::uploader::{FileContent, FileUpload};
 use crate::digest::DigestFunction;
 use crate::proto::cache::{self, layer_entry::Kind, LayerEntry, LayerStatistics};
@@ -35,6 +36,9 @@ pub(crate) enum ReadError {
 enum EntryError {
     /// The entry is invalid; the message gets the entry name as context.
     Invalid(String),
+    /// The entry exceeds a metadata limit (FAILED_PRECONDITION); the message gets the
+    /// entry name as context.
+    Limit(String),
     /// Reading failed; the [`Failure`] slot usually knows why.
     Io(io::Error),
     /// A local fault (spool file).
@@ -53,6 +57,7 @@ pub(crate) struct EntryReaderOptions {
     pub(crate) digest_function: DigestFunction,
     pub(crate) small_file_threshold_bytes: u64,
     pub(crate) spool_directory: Option<PathBuf>,
+    pub(crate) metadata_limits: MetadataLimits,
 }
 
 /// Collects the changeset entries and statistics of one layer.
@@ -61,6 +66,7 @@ pub(crate) struct EntryReader {
     uploads: mpsc::Sender<FileUpload>,
     failure: Failure,
     uploaded: HashSet<(String, i64)>,
+    totals: LayerTotals,
     pub(crate) entries: Vec<LayerEntry>,
     pub(crate) statistics: LayerStatistics,
 }
@@ -79,6 +85,7 @@ impl EntryReader {
             uploads,
             failure,
             uploaded: HashSet::new(),
+            totals: LayerTotals::default(),
             entries: Vec::new(),
             statistics: LayerStatistics::default(),
         }
@@ -106,9 +113,9 @@ impl EntryReader {
         // Where the data of the previous entry ended, if the stream was read that far.
         let mut data_end: Option<u64> = None;
         loop {
-            budget.set(Some(METADATA_LIMIT_BYTES));
+            budget.start(position.get().0);
             let next = entries.next();
-            budget.set(None);
+            budget.stop();
             let mut entry = match next {
                 None => return Ok(()),
                 Some(Ok(entry)) => entry,
@@ -123,13 +130,36 @@ impl EntryReader {
                         Some(name) => format!(" after entry {name:?}"),
                         None => String::new(),
                     };
-                    return Err(ReadError::Failed(self.failure.take_or(|| {
+                    let status = self.failure.take_or(|| {
                         Status::invalid_argument(format!("Invalid tar stream{location}: {e}"))
-                    })));
+                    });
+                    if status.code() != tonic::Code::FailedPrecondition {
+                        return Err(ReadError::Failed(status));
+                    }
+                    // A limit crossed in the headers of an entry not read yet.
+                    let entry = match &previous {
+                        Some(name) => format!("The entry after {name:?}"),
+                        None => "The first entry".to_owned(),
+                    };
+                    return Err(ReadError::Failed(Status::failed_precondition(format!(
+                        "{entry}: {}",
+                        status.message()
+                    ))));
                 }
             };
-            let raw_path = names::cut_at_nul(&entry.path_bytes()).to_vec();
-            let shown = String::from_utf8_lossy(&raw_path).into_owned();
+            // The name is checked before it is copied; `tar` holds at most one record.
+            let path_bytes = entry.path_bytes();
+            let raw_path = names::cut_at_nul(&path_bytes);
+            let shown = limits::shown(raw_path);
+            let checked = self
+                .totals
+                .add_entry(&self.options.metadata_limits)
+                .and_then(|()| limits::check_name(raw_path, "path", true));
+            if let Err(message) = checked {
+                return Err(self.entry_failure(&shown, EntryError::Limit(message)));
+            }
+            let raw_path = raw_path.to_vec();
+            drop(path_bytes);
             let result = self.read_entry(&mut entry, &raw_path).and_then(|consumed| {
                 // Read whatever the entry handler did not, so that the next header is
                 // found without the metadata budget paying for it, and truncation shows.
@@ -153,6 +183,9 @@ impl EntryReader {
         let status = match error {
             EntryError::Invalid(message) => {
                 Status::invalid_argument(format!("Entry {shown:?}: {message}"))
+            }
+            EntryError::Limit(message) => {
+                Status::failed_precondition(format!("Entry {shown:?}: {message}"))
             }
             EntryError::Io(e) => self.failure.take_or(|| {
                 Status::invalid_argument(format!("Entry {shown:?}: Failed to read data: {e}"))
@@ -208,12 +241,12 @@ impl EntryReader {
             EntryName::Root | EntryName::Ignored => return Ok(0),
             EntryName::Whiteout(path) => {
                 self.statistics.whiteouts += 1;
-                self.push(path, Kind::Whiteout(cache::Whiteout {}));
+                self.push(path, Kind::Whiteout(cache::Whiteout {}))?;
                 return Ok(0);
             }
             EntryName::Opaque(path) => {
                 self.statistics.opaque_directories += 1;
-                self.push(path, Kind::Opaque(cache::OpaqueDirectory {}));
+                self.push(path, Kind::Opaque(cache::OpaqueDirectory {}))?;
                 return Ok(0);
             }
             EntryName::Path(path) => path,
@@ -232,15 +265,16 @@ impl EntryReader {
                         digest: Some(digest),
                         is_executable,
                     }),
-                );
+                )?;
                 return Ok(size);
             }
             TarKind::Directory => {
                 self.statistics.directories += 1;
-                self.push(path, Kind::Directory(cache::ExplicitDirectory {}));
+                self.push(path, Kind::Directory(cache::ExplicitDirectory {}))?;
             }
             TarKind::Symlink => {
                 let target = link_name(entry);
+                limits::check_name(&target, "symlink target", false).map_err(EntryError::Limit)?;
                 if target.is_empty() {
                     return Err(EntryError::Invalid(
                         "Symlink has an empty target".to_owned(),
@@ -254,11 +288,12 @@ impl EntryReader {
                     Kind::Symlink(cache::Symlink {
                         target: target.to_owned(),
                     }),
-                );
+                )?;
             }
             TarKind::HardLink => {
                 let is_executable = is_executable(entry.header())?;
                 let target = link_name(entry);
+                limits::check_name(&target, "hard link target", true).map_err(EntryError::Limit)?;
                 let target =
                     names::to_utf8(&target, "hard link target").map_err(EntryError::Invalid)?;
                 let target = names::normalize_link_target(target).map_err(EntryError::Invalid)?;
@@ -269,21 +304,26 @@ impl EntryReader {
                         target,
                         is_executable,
                     }),
-                );
+                )?;
             }
             TarKind::Special => {
                 self.statistics.skipped_special_files += 1;
-                self.push(path, Kind::Special(cache::SpecialFile {}));
+                self.push(path, Kind::Special(cache::SpecialFile {}))?;
             }
         }
         Ok(0)
     }
 
-    fn push(&mut self, path: String, kind: Kind) {
-        self.entries.push(LayerEntry {
+    fn push(&mut self, path: String, kind: Kind) -> Result<(), EntryError> {
+        let entry = LayerEntry {
             path,
             kind: Some(kind),
-        });
+        };
+        self.totals
+            .add_names(&entry, &self.options.metadata_limits)
+            .map_err(EntryError::Limit)?;
+        self.entries.push(entry);
+        Ok(())
     }
 
     /// Hashes a regular file's content and sends it to the uploader (once per content).

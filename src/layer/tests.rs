@@ -1211,3 +1211,8 @@ async fn many_files_pass_through_the_bounded_channels() {
     let uploaded: usize = cas.batches.lock().iter().map(Vec::len).sum();
     assert_eq!(uploaded, 500);
 }
+
+// ---------------------------------------------------------------------------------------
+// Metadata limits (limits.rs): just under is accepted, just over is FAILED_PRECONDITION.
+
+mod metadata_limits;
