@@ -1,6 +1,6 @@
 //! Checks over a merged tree in the CAS, loading only the directories on the paths
-//! checked (layers.md L-93, L-94; reapi.md R-31). Whether a check is enforced is the
-//! caller's decision.
+//! checked (docs/design/directories.md#working-directory, #output-paths,
+//! #running-in-a-chroot). Whether a check is enforced is the caller's decision.
 //!
 //! - [`check_working_directory`]: the (mount-adjusted) working directory names a real
 //!   directory; it is never created implicitly.
@@ -85,9 +85,8 @@ async fn walk(
     Ok(Walk::Found(None))
 }
 
-/// L-93: `working_directory` (relative to the merged root, already joined with the
-/// mount path) must be a directory of the merged tree, reached through directories
-/// only. Errors: `WorkingDirectoryNotFound`, `WorkingDirectoryNotADirectory`.
+/// `working_directory` (relative to the merged root, already joined with the mount
+/// path) must be a directory of the merged tree, reached through directories only. Errors: `WorkingDirectoryNotFound`, `WorkingDirectoryNotADirectory`.
 pub async fn check_working_directory(
     source: &dyn DirectorySource,
     merged_root: &reapi::Digest,
@@ -118,12 +117,12 @@ pub async fn check_working_directory(
     }
 }
 
-/// L-94: for each output path (relative to `working_directory`, which is relative to
-/// the merged root):
+/// For each output path (relative to `working_directory`, which is relative to the
+/// merged root):
 /// - a parent that is a symlink or file in the merged tree, or the path itself being a
 ///   symlink or file of the image → `OutputPathBlockedByImage` (the worker creates the
 ///   parents with `Mkdir` and cannot go through a symlink);
-/// - the path being a directory of the image → `OutputPathExistsInImage` (DECISION:
+/// - the path being a directory of the image → `OutputPathExistsInImage` (a decision:
 ///   the worker would otherwise report image content as the action's output).
 ///
 /// Content of the input root at an output path is not the image's business and is
@@ -183,7 +182,7 @@ pub async fn check_output_paths(
     Ok(())
 }
 
-/// reapi.md R-31: `usr/bin/env` must resolve, following symlinks inside the root (e.g.
+/// `usr/bin/env` must resolve, following symlinks inside the root (e.g.
 /// usrmerge `bin -> usr/bin`, absolute targets), to an executable regular file. Else
 /// FAILED_PRECONDITION `MissingUsrBinEnv`.
 pub async fn check_usr_bin_env(

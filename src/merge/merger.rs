@@ -2,9 +2,10 @@
 //! (`graft.rs`) and stacking (`stack.rs`) are made of. It is a final overlay: no
 //! whiteouts, no symlink following. Two directories at the same path merge
 //! recursively; for any other clash (leaf/leaf, directory/leaf either way) the
-//! [`MergePolicy`] decides. `Directory` messages are read lazily: a subtree only one
-//! side has, or both have with the same digest, is kept by digest without being read,
-//! so the work grows with where the trees overlap, not with their size.
+//! [`MergePolicy`] decides (docs/design/directories.md#merging-the-input-root).
+//! `Directory` messages are read lazily: a subtree only one side has, or both have
+//! with the same digest, is kept by digest without being read, so the work grows with
+//! where the trees overlap, not with their size.
 //!
 //! What a merge writes is kept in the [`Merger`] (readable by its later merges before
 //! anything is in the CAS) and handed out, children before parents, as a

@@ -9,7 +9,7 @@
 //! - `remote_directory.rs`: a stored `Directory` message as a map of its children, and
 //!   back;
 //! - `merger.rs`: one stored directory merged into another, per [`MergePolicy`];
-//! - `graft.rs`: [`graft`], the input root into the image at a mount path;
+//! - `graft.rs`: [`graft()`], the input root into the image at a mount path;
 //! - `stack.rs`: [`stack_images`], several images, each later one over the earlier;
 //! - `checks.rs`: the checks on the merged tree: working directory, output paths,
 //!   `usr/bin/env`.

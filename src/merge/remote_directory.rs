@@ -69,7 +69,8 @@ pub(crate) fn directory_digest<'a>(
 }
 
 /// The children of `directory` (at `path`, for messages) by name. Names must be valid
-/// path parts (reapi.md R-01) and unique across the three lists.
+/// path parts and unique across the three lists
+/// (docs/design/directories.md#canonical-form).
 pub(crate) fn entries(
     directory: &reapi::Directory,
     path: &str,
@@ -108,8 +109,8 @@ pub(crate) fn entries(
     Ok(map)
 }
 
-/// A canonical `Directory` (three lists sorted by name bytes, reapi.md R-03) holding
-/// `entries`. The nodes are kept as they are, node properties included.
+/// A canonical `Directory` (three lists sorted by name bytes) holding `entries`. The
+/// nodes are kept as they are, node properties included.
 pub(crate) fn canonical(
     entries: BTreeMap<String, Entry>,
     node_properties: Option<reapi::NodeProperties>,

@@ -7,7 +7,7 @@
 //! - `path_resolution.rs`: chroot-style resolution of the parent part of an entry's path;
 //! - `apply.rs`: [`apply_layer`], one layer changeset onto the tree below it
 //!   (the layer rules of docs/design/layers.md);
-//! - `encode.rs`: canonical `Directory` messages and digests ([`encode`]; the canonical
+//! - `encode.rs`: canonical `Directory` messages and digests ([`encode()`]; the canonical
 //!   form of docs/design/directories.md);
 //! - `error.rs`: the errors, each message starting with the name of the rule broken.
 //!
