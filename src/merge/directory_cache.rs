@@ -93,15 +93,6 @@ impl DirectoryCache {
         s.size = 0;
     }
 
-    /// Number of cached directories.
-    pub fn len(&self) -> usize {
-        self.state.lock().entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A directory source for one instance that reads through this cache.
     pub fn source(
         self: &Arc<Self>,
@@ -146,6 +137,17 @@ impl DirectorySource for CachingDirectorySource {
 mod tests {
     use super::*;
     use crate::blobstore::{put_message, MemoryContentAddressableStorage};
+
+    impl DirectoryCache {
+        /// Number of cached directories.
+        fn len(&self) -> usize {
+            self.state.lock().entries.len()
+        }
+
+        fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+    }
 
     #[tokio::test]
     async fn second_read_does_not_reach_the_cas() {
