@@ -570,3 +570,182 @@ impl<L> Recorder<L> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::reapi::capabilities_client::CapabilitiesClient;
+    use crate::proto::reapi::execution_client::ExecutionClient;
+    use reapi::execution_stage::Value;
+    use tokio::sync::oneshot;
+
+    /// Queues each action, then runs it when the test says so.
+    #[derive(Default)]
+    struct GatedRunner {
+        gates: Mutex<Vec<oneshot::Sender<()>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Runner for GatedRunner {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+
+        async fn execute(&self, job: Job) -> Result<Delivery, Status> {
+            let (open, opened) = oneshot::channel();
+            self.gates.lock().push(open);
+            job.operation.stage(Value::Queued);
+            let operation = job.operation;
+            tokio::spawn(async move {
+                let _ = opened.await;
+                operation.stage(Value::Executing);
+                operation.complete(Default::default());
+            });
+            Ok(if job.request.skip_cache_lookup {
+                Delivery::FirstStateOnly
+            } else {
+                Delivery::Follow
+            })
+        }
+    }
+
+    fn request(instance_name: &str, first_state_only: bool) -> ExecuteRequest {
+        ExecuteRequest {
+            instance_name: instance_name.into(),
+            action_digest: Some(reapi::Digest {
+                hash: "a".repeat(64),
+                size_bytes: 1,
+            }),
+            skip_cache_lookup: first_state_only,
+            ..Default::default()
+        }
+    }
+
+    fn stage(operation: &Operation) -> i32 {
+        let metadata = operation.metadata.as_ref().unwrap();
+        reapi::ExecuteOperationMetadata::decode(metadata.value.as_slice())
+            .unwrap()
+            .stage
+    }
+
+    async fn client(
+        fake: &SchedulerFake<GatedRunner>,
+    ) -> ExecutionClient<tonic::transport::Channel> {
+        ExecutionClient::connect(format!("http://{}", fake.address()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn execute_follows_from_the_first_state_and_wait_execution_from_the_current() {
+        let fake =
+            SchedulerFake::start(GatedRunner::default(), &["main"], Connections::Direct).await;
+        let mut client = client(&fake).await;
+        let mut execute = client
+            .execute(request("main", false))
+            .await
+            .unwrap()
+            .into_inner();
+        let queued = execute.next().await.unwrap().unwrap();
+        assert_eq!(queued.name, "gated-operation-1");
+        assert_eq!(stage(&queued), Value::Queued as i32);
+
+        let mut wait = client
+            .wait_execution(WaitExecutionRequest {
+                name: queued.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            stage(&wait.next().await.unwrap().unwrap()),
+            Value::Queued as i32
+        );
+        let gate = fake.runner().gates.lock().pop().unwrap();
+        gate.send(()).unwrap();
+        for stream in [&mut execute, &mut wait] {
+            let stages: Vec<i32> = stream.map(|op| stage(&op.unwrap())).collect().await;
+            assert_eq!(stages, [Value::Executing as i32, Value::Completed as i32]);
+        }
+
+        // Once done, WaitExecution gives the done operation only.
+        let finished: Vec<Operation> = client
+            .wait_execution(WaitExecutionRequest { name: queued.name })
+            .await
+            .unwrap()
+            .into_inner()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(finished.len(), 1);
+        assert!(finished[0].done);
+        assert_eq!(fake.log().wait_execution_requests.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn first_state_only_ends_the_stream_and_the_operation_lives_on() {
+        let fake = SchedulerFake::start(GatedRunner::default(), &[""], Connections::Direct).await;
+        let mut client = client(&fake).await;
+        let operations: Vec<Operation> = client
+            .execute(request("", true))
+            .await
+            .unwrap()
+            .into_inner()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(operations.len(), 1);
+        fake.runner().gates.lock().pop().unwrap().send(()).unwrap();
+        let last = client
+            .wait_execution(WaitExecutionRequest {
+                name: operations[0].name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .await
+            .pop()
+            .unwrap();
+        assert!(last.done);
+        assert_eq!(fake.operation(&last.name), Some(last));
+    }
+
+    #[tokio::test]
+    async fn unknown_operations_and_instance_names_are_refused() {
+        let fake =
+            SchedulerFake::start(GatedRunner::default(), &["main"], Connections::Relayed).await;
+        let mut client = client(&fake).await;
+        let status = client
+            .wait_execution(WaitExecutionRequest {
+                name: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+        let status = client.execute(request("other", false)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let mut capabilities = CapabilitiesClient::connect(format!("http://{}", fake.address()))
+            .await
+            .unwrap();
+        let status = capabilities
+            .get_capabilities(reapi::GetCapabilitiesRequest {
+                instance_name: "other".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        let served = capabilities
+            .get_capabilities(reapi::GetCapabilitiesRequest {
+                instance_name: "main".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(served.execution_capabilities.unwrap().exec_enabled);
+        assert_eq!(fake.log().execute_requests.len(), 1);
+        assert_eq!(fake.log().metadata.len(), 4);
+        assert!(fake.runner().gates.lock().is_empty());
+    }
+}
