@@ -198,7 +198,7 @@ pub async fn check_usr_bin_env(
     };
     Err(Status::failed_precondition(format!(
         "MissingUsrBinEnv: \"usr/bin/env\" {problem} in the merged input root; bb_runner with \
-         chroot_into_input_root runs every command through /usr/bin/env (reapi.md R-31)"
+         chroot_into_input_root runs every command through /usr/bin/env (docs/design/directories.md#running-in-a-chroot)"
     )))
 }
 

@@ -124,7 +124,7 @@ async fn usr_bin_env_is_found_through_symlinks() {
             err.message(),
             format!(
                 "MissingUsrBinEnv: \"usr/bin/env\" {problem} in the merged input root; bb_runner \
-                 with chroot_into_input_root runs every command through /usr/bin/env (reapi.md R-31)"
+                 with chroot_into_input_root runs every command through /usr/bin/env (docs/design/directories.md#running-in-a-chroot)"
             )
         );
     }
