@@ -207,6 +207,19 @@ local common = import 'common.libsonnet';
     // Limit on one layer, compressed and decompressed. Default: 16 GiB.
     maximumLayerSizeBytes: 16 * 1024 * 1024 * 1024,
 
+    // Limits on layer metadata, checked while a layer is parsed; beyond them an image
+    // is FAILED_PRECONDITION. Fixed limits: a path component 255 bytes, a path or
+    // link target 4096 bytes, a PAX or GNU long-name record 1 MiB.
+    // Tar entries of one layer. Default: 1000000.
+    maximumLayerEntries: 1000000,
+    // Bytes of entry names and link targets of one layer. Default: 128 MiB.
+    maximumLayerNameBytes: 128 * 1024 * 1024,
+    // Entries of all layers of one image. Default: 4000000.
+    maximumImageEntries: 4000000,
+    // Bytes of entry names and link targets of all layers of one image.
+    // Default: 512 MiB. Recommended value: the defaults, which real images do not reach.
+    maximumImageNameBytes: 512 * 1024 * 1024,
+
     // Layers downloaded and ingested at the same time. Ingestion (decompression and
     // hashing) is CPU bound. Default: 2. Recommended value: the number of cores.
     maximumConcurrentLayerIngests: 2,

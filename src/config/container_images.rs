@@ -24,6 +24,14 @@ pub const DEFAULT_COMPLETENESS_CHECK_INTERVAL: Duration = Duration::from_secs(36
 pub const DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES: u64 = 16 << 30;
 /// `maximumLayerSizeBytes` when unset: 16 GiB.
 pub const DEFAULT_MAXIMUM_LAYER_SIZE_BYTES: u64 = 16 << 30;
+/// `maximumLayerEntries` when unset.
+pub const DEFAULT_MAXIMUM_LAYER_ENTRIES: u64 = 1_000_000;
+/// `maximumLayerNameBytes` when unset: 128 MiB.
+pub const DEFAULT_MAXIMUM_LAYER_NAME_BYTES: u64 = 128 << 20;
+/// `maximumImageEntries` when unset.
+pub const DEFAULT_MAXIMUM_IMAGE_ENTRIES: u64 = 4_000_000;
+/// `maximumImageNameBytes` when unset: 512 MiB.
+pub const DEFAULT_MAXIMUM_IMAGE_NAME_BYTES: u64 = 512 << 20;
 /// `maximumConcurrentLayerIngests` when unset.
 pub const DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS: usize = 2;
 /// `directoryCacheSizeBytes` when unset: 256 MiB.
@@ -91,6 +99,22 @@ pub struct ContainerImagesConfiguration {
     /// Default: [`DEFAULT_MAXIMUM_LAYER_SIZE_BYTES`] (16 GiB).
     #[serde(default, deserialize_with = "protojson::optional_uint64")]
     pub maximum_layer_size_bytes: Option<u64>,
+    /// Limit on the tar entries of one layer (FAILED_PRECONDITION beyond).
+    /// Default: [`DEFAULT_MAXIMUM_LAYER_ENTRIES`] (1,000,000).
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub maximum_layer_entries: Option<u64>,
+    /// Limit on the bytes of entry names and link targets of one layer.
+    /// Default: [`DEFAULT_MAXIMUM_LAYER_NAME_BYTES`] (128 MiB).
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub maximum_layer_name_bytes: Option<u64>,
+    /// Limit on the entries of all layers of one image.
+    /// Default: [`DEFAULT_MAXIMUM_IMAGE_ENTRIES`] (4,000,000).
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub maximum_image_entries: Option<u64>,
+    /// Limit on the bytes of entry names and link targets of all layers of one image.
+    /// Default: [`DEFAULT_MAXIMUM_IMAGE_NAME_BYTES`] (512 MiB).
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub maximum_image_name_bytes: Option<u64>,
     /// Layers downloaded and ingested at the same time (one per core is a good value:
     /// ingestion is CPU bound). Default: [`DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS`] (2).
     #[serde(default)]

@@ -86,6 +86,20 @@ pub fn new_expander_options_from_configuration(
                 .maximum_layer_size_bytes
                 .unwrap_or(DEFAULT_MAXIMUM_LAYER_SIZE_BYTES),
             spool_directory: configuration.spool_directory.clone().map(Into::into),
+            metadata_limits: crate::layer::MetadataLimits {
+                maximum_layer_entries: configuration
+                    .maximum_layer_entries
+                    .unwrap_or(ingest_defaults.metadata_limits.maximum_layer_entries),
+                maximum_layer_name_bytes: configuration
+                    .maximum_layer_name_bytes
+                    .unwrap_or(ingest_defaults.metadata_limits.maximum_layer_name_bytes),
+                maximum_image_entries: configuration
+                    .maximum_image_entries
+                    .unwrap_or(ingest_defaults.metadata_limits.maximum_image_entries),
+                maximum_image_name_bytes: configuration
+                    .maximum_image_name_bytes
+                    .unwrap_or(ingest_defaults.metadata_limits.maximum_image_name_bytes),
+            },
             batch_size_bytes: ingest_defaults
                 .batch_size_bytes
                 .min(maximum_message_size_bytes as u64 / 2),
@@ -156,11 +170,10 @@ fn new_chain_source(
             .layer(MetricsLayer::new("chain"))
             .layer(CompletenessCheckingLayer::new(cas.clone()).remembering(checked.clone()))
             .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
-            .service(TreeBuilder::new(
-                cas.clone(),
-                layers,
-                options.maximum_message_size_bytes,
-            )),
+            .service(
+                TreeBuilder::new(cas.clone(), layers, options.maximum_message_size_bytes)
+                    .with_metadata_limits(options.ingest.metadata_limits.clone()),
+            ),
     )
 }
 

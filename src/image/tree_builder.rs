@@ -32,6 +32,7 @@ pub(crate) struct TreeBuilder {
     cas: Arc<dyn ContentAddressableStorage>,
     layers: LayerSource,
     maximum_message_size_bytes: usize,
+    metadata_limits: crate::layer::MetadataLimits,
 }
 
 /// A tree applied and encoded, not yet uploaded.
@@ -51,7 +52,15 @@ impl TreeBuilder {
             cas,
             layers,
             maximum_message_size_bytes,
+            metadata_limits: Default::default(),
         }
+    }
+
+    /// Limits on the entries and names of an image's layers, checked before they are
+    /// applied (the per-layer ones are the ingester's).
+    pub fn with_metadata_limits(mut self, limits: crate::layer::MetadataLimits) -> Self {
+        self.metadata_limits = limits;
+        self
     }
 
     /// The changesets of `layers` in their order, and how many this call ingested.
@@ -100,6 +109,7 @@ impl TreeBuilder {
         let function = instance.digest_function;
         let maximum_message_size = self.maximum_message_size_bytes;
         let digests: Vec<String> = layers.iter().map(|l| l.digest.clone()).collect();
+        crate::layer::limits::check_image_totals(&changesets, &digests, &self.metadata_limits)?;
         tokio::task::spawn_blocking(move || {
             let mut tree = crate::tree::Directory::new();
             let mut skipped_special_files = 0;

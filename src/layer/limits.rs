@@ -48,11 +48,12 @@ pub struct MetadataLimits {
 
 impl Default for MetadataLimits {
     fn default() -> Self {
+        use crate::config::container_images as defaults;
         Self {
-            maximum_layer_entries: 1_000_000,
-            maximum_layer_name_bytes: 128 << 20,
-            maximum_image_entries: 4_000_000,
-            maximum_image_name_bytes: 512 << 20,
+            maximum_layer_entries: defaults::DEFAULT_MAXIMUM_LAYER_ENTRIES,
+            maximum_layer_name_bytes: defaults::DEFAULT_MAXIMUM_LAYER_NAME_BYTES,
+            maximum_image_entries: defaults::DEFAULT_MAXIMUM_IMAGE_ENTRIES,
+            maximum_image_name_bytes: defaults::DEFAULT_MAXIMUM_IMAGE_NAME_BYTES,
         }
     }
 }
