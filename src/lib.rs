@@ -15,6 +15,7 @@
 //! - [`tree`]: in-memory Merkle trees, applying changesets, canonical encoding;
 //! - [`merge`]: merging trees stored in the CAS (images stacked, input root grafted),
 //!   and the checks on the result;
+//! - `util`: building blocks shared by several modules (the bounded cache);
 //! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
 
 pub mod action;
@@ -35,3 +36,4 @@ pub mod status;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
 pub mod tree;
+pub(crate) mod util;

@@ -22,7 +22,8 @@ use crate::proto::reapi;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::util::bounded_cache::BoundedCache;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Status;
@@ -44,63 +45,13 @@ impl Clock for SystemClock {
 
 type Key = (String, DigestFunction, String, i64);
 
-#[derive(Default)]
-struct Cache {
-    /// Key → (expiry, position in `order`).
-    entries: HashMap<Key, (Instant, u64)>,
-    /// Least recently used first.
-    order: BTreeMap<u64, Key>,
-    tick: u64,
-}
-
-impl Cache {
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
-    }
-
-    /// Whether `key` is known to exist at `now`; a hit becomes most recently used.
-    fn contains(&mut self, key: &Key, now: Instant) -> bool {
-        let tick = self.next_tick();
-        let Some((expiry, position)) = self.entries.get_mut(key) else {
-            return false;
-        };
-        let old = *position;
-        if now >= *expiry {
-            self.entries.remove(key);
-            self.order.remove(&old);
-            return false;
-        }
-        *position = tick;
-        self.order.remove(&old);
-        self.order.insert(tick, key.clone());
-        true
-    }
-
-    fn insert(&mut self, key: Key, expiry: Instant, capacity: usize) {
-        if capacity == 0 {
-            return;
-        }
-        let tick = self.next_tick();
-        if let Some((_, old)) = self.entries.insert(key.clone(), (expiry, tick)) {
-            self.order.remove(&old);
-        }
-        self.order.insert(tick, key);
-        while self.entries.len() > capacity {
-            let Some((_, oldest)) = self.order.pop_first() else {
-                break;
-            };
-            self.entries.remove(&oldest);
-        }
-    }
-}
-
 pub(crate) struct ExistenceCachingContentAddressableStorage {
     backend: Arc<dyn ContentAddressableStorage>,
-    cache_size: usize,
     cache_duration: Duration,
     clock: Arc<dyn Clock>,
-    cache: Mutex<Cache>,
+    /// Known to exist until each entry's deadline; a hit refreshes an entry's place in
+    /// the eviction order, not its deadline.
+    cache: Mutex<BoundedCache<Key, ()>>,
 }
 
 impl ExistenceCachingContentAddressableStorage {
@@ -121,10 +72,9 @@ impl ExistenceCachingContentAddressableStorage {
     ) -> Self {
         Self {
             backend,
-            cache_size,
             cache_duration,
             clock,
-            cache: Mutex::new(Cache::default()),
+            cache: Mutex::new(BoundedCache::with_max_entries(cache_size)),
         }
     }
 
@@ -132,7 +82,7 @@ impl ExistenceCachingContentAddressableStorage {
     /// evicted).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.cache.lock().entries.len()
+        self.cache.lock().len()
     }
 
     /// Remembers that `digests` existed at `seen_at`.
@@ -145,7 +95,7 @@ impl ExistenceCachingContentAddressableStorage {
         let expiry = seen_at + self.cache_duration;
         let mut cache = self.cache.lock();
         for digest in digests {
-            cache.insert(key(instance, digest), expiry, self.cache_size);
+            cache.insert_until(key(instance, digest), (), 0, Some(expiry));
         }
     }
 }
@@ -173,7 +123,7 @@ impl ContentAddressableStorage for ExistenceCachingContentAddressableStorage {
             let mut cache = self.cache.lock();
             digests
                 .into_iter()
-                .filter(|d| !cache.contains(&key(instance, d), now))
+                .filter(|d| cache.get_unexpired(&key(instance, d), now).is_none())
                 .collect::<Vec<_>>()
         };
         if unknown.is_empty() {
