@@ -21,14 +21,17 @@ use crate::blobstore::{
     get_message, put_message, ActionCache, ContentAddressableStorage, Instance,
 };
 use crate::digest::DigestFunction;
-use crate::image::fake_action::{read_record, write_record, FakeAction, Step};
+use crate::image::fake_action::{
+    read_record, record_blobs, write_record, write_record_entry, FakeAction, Step,
+};
 use crate::proto::cache::ExpansionProvenance;
 use crate::proto::longrunning::{operation, Operation};
 use crate::proto::protobuf::Any;
 use crate::proto::reapi;
+use crate::util::bounded_cache::BoundedCache;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tonic::{Code, Status};
 
@@ -41,8 +44,9 @@ const PROVENANCE: &str = "type.googleapis.com/bb_container_expander.cache.Expans
 /// Number of mappings kept in memory.
 const LOCAL_MAPPINGS: usize = 100_000;
 
-/// Provenance by rewritten action digest, and the digests in insertion order.
-type LocalMappings = (HashMap<String, Arc<ExpansionProvenance>>, VecDeque<String>);
+/// Provenance by rewritten action digest, the first recorded evicted first: lookups
+/// peek, and recording a digest again replaces its provenance in place.
+type LocalMappings = BoundedCache<String, Arc<ExpansionProvenance>>;
 
 pub struct ResultMapper {
     cas: Arc<dyn ContentAddressableStorage>,
@@ -75,20 +79,17 @@ impl ResultMapper {
             cas,
             ac,
             write_back,
-            local: Default::default(),
+            local: Mutex::new(BoundedCache::with_max_entries(LOCAL_MAPPINGS)),
         }
     }
 
     fn remember(&self, rewritten: &reapi::Digest, provenance: Arc<ExpansionProvenance>) {
         let mut local = self.local.lock();
         let key = crate::digest::display(rewritten);
-        if local.0.insert(key.clone(), provenance).is_none() {
-            local.1.push_back(key);
-            if local.1.len() > LOCAL_MAPPINGS {
-                if let Some(old) = local.1.pop_front() {
-                    local.0.remove(&old);
-                }
-            }
+        if let Some(known) = local.peek_mut(&key) {
+            *known = provenance;
+        } else {
+            local.insert(key, provenance, 0);
         }
     }
 
@@ -115,16 +116,69 @@ impl ResultMapper {
             .await
         }
         .await;
+        self.counted_mapping_write(&rewritten, provenance, result);
+    }
+
+    /// Counts a write of the mapping record, and logs a failed one.
+    fn counted_mapping_write(
+        &self,
+        rewritten: &reapi::Digest,
+        provenance: &ExpansionProvenance,
+        result: Result<(), Status>,
+    ) {
         crate::image::metrics::bookkeeping_write("mapping", result.is_ok());
         if let Err(status) = result {
             tracing::warn!(
                 "Failed to record rewritten action {} of instance {:?} (WaitExecution on \
                  another replica will not map its result back): {}",
-                crate::digest::display(&rewritten),
+                crate::digest::display(rewritten),
                 provenance.instance_name,
                 status.message()
             );
         }
+    }
+
+    /// The blobs of the mapping record of `provenance` (the provenance message, the
+    /// fake action's Command and Action), for the rewrite to upload with the rewritten
+    /// action's own blobs, so that [`Self::record_entry`] has only the Action Cache
+    /// entry left to write.
+    pub(crate) fn mapping_blobs(
+        provenance: &ExpansionProvenance,
+    ) -> Result<Vec<(reapi::Digest, Bytes)>, Status> {
+        let rewritten = provenance
+            .rewritten_action_digest
+            .as_ref()
+            .ok_or_else(|| Status::internal("Provenance without rewritten action digest"))?;
+        let (instance, key) = mapping_key(&provenance.instance_name, rewritten)?;
+        let mut blobs = vec![crate::digest::encode_message(
+            instance.digest_function,
+            provenance,
+        )];
+        blobs.extend(record_blobs(&instance, &key));
+        Ok(blobs)
+    }
+
+    /// As [`Self::record`], when the blobs of [`Self::mapping_blobs`] are in the CAS
+    /// already: one UpdateActionResult.
+    pub async fn record_entry(&self, provenance: &ExpansionProvenance) {
+        let Some(rewritten) = provenance.rewritten_action_digest.clone() else {
+            tracing::error!("Provenance without rewritten action digest: not recorded");
+            return;
+        };
+        self.remember(&rewritten, Arc::new(provenance.clone()));
+        let result = async {
+            let (instance, key) = mapping_key(&provenance.instance_name, &rewritten)?;
+            let (blob, _) = crate::digest::encode_message(instance.digest_function, provenance);
+            write_record_entry(
+                &*self.ac,
+                &instance,
+                &key,
+                vec![("provenance".into(), blob)],
+            )
+            .await
+        }
+        .await;
+        self.counted_mapping_write(&rewritten, provenance, result);
     }
 
     /// The provenance of a rewritten action of `instance_name`, if it was rewritten by
@@ -134,7 +188,7 @@ impl ResultMapper {
         instance_name: &str,
         rewritten: &reapi::Digest,
     ) -> Result<Option<Arc<ExpansionProvenance>>, Status> {
-        if let Some(p) = self.local.lock().0.get(&crate::digest::display(rewritten)) {
+        if let Some(p) = self.local.lock().peek(&crate::digest::display(rewritten)) {
             if p.instance_name == instance_name {
                 return Ok(Some(p.clone()));
             }
@@ -174,6 +228,18 @@ impl ResultMapper {
     /// writes a final successful result back under the client's digest.
     pub(crate) async fn map_operation(
         &self,
+        operation: Operation,
+        provenance: &ExpansionProvenance,
+    ) -> Operation {
+        let operation = self.map_back(operation, provenance);
+        self.write_back_result(&operation, provenance).await;
+        operation
+    }
+
+    /// Maps one operation of a rewritten action back to the client's action: the
+    /// client's digest in its metadata, the provenance in a final result's metadata.
+    pub(crate) fn map_back(
+        &self,
         mut operation: Operation,
         provenance: &ExpansionProvenance,
     ) -> Operation {
@@ -202,12 +268,27 @@ impl ResultMapper {
                             value: provenance.encode_to_vec(),
                         });
                     }
-                    self.write_back(&response, provenance).await;
                     any.value = response.encode_to_vec();
                 }
             }
         }
         operation
+    }
+
+    /// Writes the result of `operation` (mapped back by [`Self::map_back`]) under the
+    /// client's digest, if it is a final, successful, cacheable one.
+    pub(crate) async fn write_back_result(
+        &self,
+        operation: &Operation,
+        provenance: &ExpansionProvenance,
+    ) {
+        if let Some(operation::Result::Response(any)) = &operation.result {
+            if any.type_url == EXECUTE_RESPONSE {
+                if let Ok(response) = reapi::ExecuteResponse::decode(any.value.as_slice()) {
+                    self.write_back(&response, provenance).await;
+                }
+            }
+        }
     }
 
     async fn write_back(

@@ -19,10 +19,10 @@
 use super::{ChunkStream, ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
+use crate::util::bounded_cache::BoundedCache;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use crate::util::bounded_cache::BoundedCache;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

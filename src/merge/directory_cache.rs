@@ -7,54 +7,34 @@ use super::directory_source::{CasDirectorySource, DirectorySource};
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
+use crate::util::bounded_cache::BoundedCache;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tonic::Status;
 
 type Key = (DigestFunction, String, i64);
 
-struct State {
-    entries: HashMap<Key, (Arc<reapi::Directory>, u64, u64)>,
-    order: BTreeMap<u64, Key>,
-    tick: u64,
-    size: u64,
-}
-
-/// The cache itself, shared by all instances.
+/// The cache itself, shared by all instances: least recently read first, each
+/// directory costing its encoded size plus 64 bytes.
 pub struct DirectoryCache {
-    maximum_size_bytes: u64,
-    state: Mutex<State>,
+    entries: Mutex<BoundedCache<Key, Arc<reapi::Directory>>>,
 }
 
 impl DirectoryCache {
     pub fn new(maximum_size_bytes: u64) -> Arc<Self> {
         Arc::new(Self {
-            maximum_size_bytes,
-            state: Mutex::new(State {
-                entries: HashMap::new(),
-                order: BTreeMap::new(),
-                tick: 0,
-                size: 0,
-            }),
+            entries: Mutex::new(BoundedCache::with_max_cost(maximum_size_bytes)),
         })
     }
 
     fn get(&self, key: &Key) -> Option<Arc<reapi::Directory>> {
-        let mut s = self.state.lock();
-        s.tick += 1;
-        let tick = s.tick;
-        let (directory, _, old) = s.entries.get_mut(key)?;
-        let directory = directory.clone();
-        let old = std::mem::replace(old, tick);
-        s.order.remove(&old);
-        s.order.insert(tick, key.clone());
-        Some(directory)
+        self.entries.lock().get(key).cloned()
     }
 
-    /// Adds a directory (e.g. one just written by a merge).
+    /// Adds a directory (e.g. one just written by a merge). One already cached keeps its
+    /// place in the eviction order.
     pub fn insert(
         &self,
         function: DigestFunction,
@@ -63,34 +43,15 @@ impl DirectoryCache {
     ) {
         let key = (function, digest.hash.clone(), digest.size_bytes);
         let size = directory.encoded_len() as u64 + 64;
-        if size > self.maximum_size_bytes {
-            return;
+        let mut entries = self.entries.lock();
+        if !entries.contains_key(&key) {
+            entries.insert(key, directory, size);
         }
-        let mut s = self.state.lock();
-        if s.entries.contains_key(&key) {
-            return;
-        }
-        while s.size + size > self.maximum_size_bytes {
-            let Some((_, oldest)) = s.order.pop_first() else {
-                break;
-            };
-            if let Some((_, sz, _)) = s.entries.remove(&oldest) {
-                s.size -= sz;
-            }
-        }
-        s.tick += 1;
-        let tick = s.tick;
-        s.order.insert(tick, key.clone());
-        s.entries.insert(key, (directory, size, tick));
-        s.size += size;
     }
 
     /// Drops every cached directory.
     pub fn clear(&self) {
-        let mut s = self.state.lock();
-        s.entries.clear();
-        s.order.clear();
-        s.size = 0;
+        self.entries.lock().clear();
     }
 
     /// A directory source for one instance that reads through this cache.
@@ -141,7 +102,7 @@ mod tests {
     impl DirectoryCache {
         /// Number of cached directories.
         fn len(&self) -> usize {
-            self.state.lock().entries.len()
+            self.entries.lock().len()
         }
 
         fn is_empty(&self) -> bool {

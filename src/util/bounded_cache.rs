@@ -90,7 +90,10 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
         let tick = self.next_tick();
         let entry = self.entries.get_mut(key)?;
         let old = std::mem::replace(&mut entry.tick, tick);
-        let owned = self.order.remove(&old).expect("every entry is in the order");
+        let owned = self
+            .order
+            .remove(&old)
+            .expect("every entry is in the order");
         self.order.insert(tick, owned);
         Some(entry)
     }
