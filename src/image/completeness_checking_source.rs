@@ -11,9 +11,9 @@ use super::stage::{Origin, StageRequest, StageResponse};
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::proto::reapi;
 use crate::status::wrap;
+use crate::util::bounded_cache::BoundedCache;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,10 +26,15 @@ const FIND_MISSING_BATCH: usize = 10_000;
 /// A request's instance and cache key (`StageRequest::local_key`).
 type LocalKey = (Instance, String);
 
-/// Records this process found complete, and when.
+/// Number of records a [`CheckedRecords`] keeps; each is one image's record, and a
+/// deployment uses far fewer images within one interval.
+pub(crate) const CHECKED_RECORDS: usize = 10_000;
+
+/// Records this process found complete, each until `interval` after it was checked; at
+/// most [`CHECKED_RECORDS`], the least recently used dropped first.
 pub struct CheckedRecords<T> {
     interval: Duration,
-    entries: Mutex<HashMap<LocalKey, (Arc<T>, Instant)>>,
+    entries: Mutex<BoundedCache<LocalKey, Arc<T>>>,
 }
 
 impl<T> CheckedRecords<T> {
@@ -37,18 +42,21 @@ impl<T> CheckedRecords<T> {
     pub fn new(interval: Duration) -> Arc<Self> {
         Arc::new(Self {
             interval,
-            entries: Default::default(),
+            entries: Mutex::new(BoundedCache::with_max_entries(CHECKED_RECORDS)),
         })
     }
 
     fn get(&self, key: &LocalKey) -> Option<Arc<T>> {
-        let entries = self.entries.lock();
-        let (record, checked) = entries.get(key)?;
-        (checked.elapsed() < self.interval).then(|| record.clone())
+        self.entries
+            .lock()
+            .get_unexpired(key, Instant::now())
+            .cloned()
     }
 
     fn insert(&self, key: LocalKey, record: Arc<T>) {
-        self.entries.lock().insert(key, (record, Instant::now()));
+        // `None` (never expires): an interval beyond the clock's range.
+        let expires_at = Instant::now().checked_add(self.interval);
+        self.entries.lock().insert_until(key, record, 0, expires_at);
     }
 
     /// Forgets every record, so that each is checked again on its next use.

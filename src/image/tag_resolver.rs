@@ -4,7 +4,8 @@
 //! in the Action Cache only by [`TagResolver::record`], which the caller invokes once the
 //! image the tag names expanded: a tag whose image cannot be expanded leaves no record.
 //! [`TagResolver::forget`] drops this process's resolution after such a failure, so that
-//! a tag fixed at the registry is seen at once.
+//! a tag fixed at the registry is seen at once. This process keeps at most
+//! [`LOCAL_TAGS`] resolutions, dropping the least recently used first.
 //!
 //! The record's blob is the text `{reference}@{digest}`, so that a record read back is
 //! used only if it names the very reference it was looked up for and a well-formed
@@ -18,14 +19,27 @@ use super::metrics;
 use super::single_flight::SingleFlight;
 use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
 use crate::registry::{Reference, Registry};
+use crate::util::bounded_cache::BoundedCache;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
 
 type Key = (Instance, Reference);
+
+/// Number of tag resolutions kept in this process; far more tags than a fleet uses at
+/// once, and each is a few hundred bytes.
+pub(crate) const LOCAL_TAGS: usize = 10_000;
+
+/// Digests by tag, each until its resolution is `ttl` old.
+type LocalTags = BoundedCache<Key, String>;
+
+/// When a resolution made now, of age `age`, is no longer fresh (`None`: never, for a
+/// `ttl` beyond the clock's range).
+fn expiry(ttl: Duration, age: Duration) -> Option<Instant> {
+    Instant::now().checked_add(ttl.saturating_sub(age))
+}
 
 /// Resolves tags through this process's cache, the Action Cache and the registry.
 pub struct TagResolver {
@@ -33,7 +47,7 @@ pub struct TagResolver {
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     ttl: Duration,
-    local: Arc<Mutex<HashMap<Key, (String, Instant)>>>,
+    local: Arc<Mutex<LocalTags>>,
     flights: SingleFlight<Key, String>,
 }
 
@@ -49,7 +63,7 @@ impl TagResolver {
             cas,
             ac,
             ttl,
-            local: Default::default(),
+            local: Arc::new(Mutex::new(BoundedCache::with_max_entries(LOCAL_TAGS))),
             flights: Default::default(),
         }
     }
@@ -83,15 +97,16 @@ impl TagResolver {
         self.flights
             .run_and_tell(key, async move {
                 // A flight that ended just before this one started may have answered.
-                if let Some((digest, at)) = local.lock().get(&flight_key).cloned() {
-                    if at.elapsed() < ttl {
-                        return Ok(digest);
-                    }
+                if let Some(digest) = local.lock().get_unexpired(&flight_key, Instant::now()) {
+                    return Ok(digest.clone());
                 }
                 let digest = registry.resolve(&flight_key.1).await?;
-                local
-                    .lock()
-                    .insert(flight_key, (digest.clone(), Instant::now()));
+                local.lock().insert_until(
+                    flight_key,
+                    digest.clone(),
+                    0,
+                    expiry(ttl, Duration::ZERO),
+                );
                 Ok(digest)
             })
             .await
@@ -99,9 +114,10 @@ impl TagResolver {
 
     /// This process's resolution, if still fresh.
     fn known(&self, key: &Key) -> Option<String> {
-        let local = self.local.lock();
-        let (digest, at) = local.get(key)?;
-        (at.elapsed() < self.ttl).then(|| digest.clone())
+        self.local
+            .lock()
+            .get_unexpired(key, Instant::now())
+            .cloned()
     }
 
     /// A fresh resolution recorded in the Action Cache, also kept locally until the
@@ -135,8 +151,9 @@ impl TagResolver {
             }
         };
         // Expire locally when the shared record expires.
-        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        self.local.lock().insert(key.clone(), (digest.clone(), at));
+        self.local
+            .lock()
+            .insert_until(key.clone(), digest.clone(), 0, expiry(self.ttl, age));
         Ok(Some(digest))
     }
 
@@ -169,7 +186,7 @@ impl TagResolver {
         }
         let mut local = self.local.lock();
         let key = (instance.clone(), reference.clone());
-        if local.get(&key).is_some_and(|(known, _)| known == digest) {
+        if local.peek(&key).is_some_and(|known| known == digest) {
             local.remove(&key);
         }
     }
