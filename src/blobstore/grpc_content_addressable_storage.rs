@@ -93,33 +93,60 @@ impl GrpcContentAddressableStorage {
         instance: &Instance,
         digest: &reapi::Digest,
     ) -> Result<Bytes, Status> {
+        self.batch_read_many(instance, std::slice::from_ref(digest))
+            .await
+            .pop()
+            .expect("one result per digest")
+    }
+
+    /// Reads `digests` (small blobs) in one BatchReadBlobs request: one result per
+    /// digest, in order. A failed request fails every blob with its error.
+    async fn batch_read_many(
+        &self,
+        instance: &Instance,
+        digests: &[reapi::Digest],
+    ) -> Vec<Result<Bytes, Status>> {
         let response = self
             .cas
             .clone()
             .batch_read_blobs(reapi::BatchReadBlobsRequest {
                 instance_name: instance.name.clone(),
-                digests: vec![digest.clone()],
+                digests: digests.to_vec(),
                 acceptable_compressors: vec![],
                 digest_function: digest_function_field(instance),
             })
-            .await?
-            .into_inner();
-        let entry = response
-            .responses
-            .into_iter()
-            .find(|r| r.digest.as_ref() == Some(digest))
-            .ok_or_else(|| Status::internal("Server did not return the requested blob"))?;
-        check_blob_status(entry.status)?;
-        if entry.compressor != reapi::compressor::Value::Identity as i32 {
-            return Err(Status::internal(format!(
-                "Server returned the blob with compressor {}, which was not requested",
-                entry.compressor
-            )));
+            .await;
+        let response = match response {
+            Ok(response) => response.into_inner(),
+            Err(status) => return digests.iter().map(|_| Err(status.clone())).collect(),
+        };
+        let mut entries: HashMap<(String, i64), reapi::batch_read_blobs_response::Response> =
+            HashMap::with_capacity(response.responses.len());
+        for entry in response.responses {
+            if let Some(digest) = &entry.digest {
+                entries.insert((digest.hash.clone(), digest.size_bytes), entry);
+            }
         }
-        let data = Bytes::from(entry.data);
-        super::verify_blob(instance.digest_function, digest, &data)
-            .map_err(|s| wrap_with_code(s, Code::Internal, "Server returned corrupt data"))?;
-        Ok(data)
+        digests
+            .iter()
+            .map(|digest| {
+                let entry = entries
+                    .get(&(digest.hash.clone(), digest.size_bytes))
+                    .ok_or_else(|| Status::internal("Server did not return the requested blob"))?;
+                check_blob_status(entry.status.clone())?;
+                if entry.compressor != reapi::compressor::Value::Identity as i32 {
+                    return Err(Status::internal(format!(
+                        "Server returned the blob with compressor {}, which was not requested",
+                        entry.compressor
+                    )));
+                }
+                let data = Bytes::from(entry.data.clone());
+                super::verify_blob(instance.digest_function, digest, &data).map_err(|s| {
+                    wrap_with_code(s, Code::Internal, "Server returned corrupt data")
+                })?;
+                Ok(data)
+            })
+            .collect()
     }
 
     /// Opens a ByteStream read and waits for its first response, so that a missing blob
@@ -357,6 +384,78 @@ impl ContentAddressableStorage for GrpcContentAddressableStorage {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    async fn get_batch(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Vec<Result<Bytes, Status>> {
+        // Small blobs are grouped into BatchReadBlobs requests whose responses stay
+        // within one message; large ones are read on their own (as `get` does).
+        let budget = self.budget(instance);
+        let mut results: Vec<Option<Result<Bytes, Status>>> =
+            (0..digests.len()).map(|_| None).collect();
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut large = Vec::new();
+        let mut current = Vec::new();
+        let mut current_size = 0usize;
+        for (index, digest) in digests.iter().enumerate() {
+            if digest.size_bytes == 0 {
+                results[index] = Some(Ok(Bytes::new()));
+                continue;
+            }
+            let size = digest.size_bytes.max(0) as usize;
+            if !self.fits_in_batch(instance, digest, size) {
+                large.push(index);
+                continue;
+            }
+            let cost = size + batch_cost_overhead(digest);
+            if current_size + cost > budget {
+                batches.push(std::mem::take(&mut current));
+                current_size = 0;
+            }
+            current_size += cost;
+            current.push(index);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+
+        let digests = &digests;
+        let mut reads: Vec<BoxFuture<'_, Vec<(usize, Result<Bytes, Status>)>>> = Vec::new();
+        for batch in batches {
+            reads.push(Box::pin(async move {
+                let wanted: Vec<reapi::Digest> =
+                    batch.iter().map(|&i| digests[i].clone()).collect();
+                let read = self.batch_read_many(instance, &wanted).await;
+                batch
+                    .into_iter()
+                    .zip(read)
+                    .map(|(index, result)| {
+                        let context =
+                            || format!("Failed to read blob {}", display(&digests[index]));
+                        (index, result.context_with(context))
+                    })
+                    .collect()
+            }));
+        }
+        for index in large {
+            reads.push(Box::pin(async move {
+                vec![(index, self.get(instance, &digests[index]).await)]
+            }));
+        }
+        let done: Vec<Vec<(usize, Result<Bytes, Status>)>> = stream::iter(reads)
+            .buffer_unordered(PUT_BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        for (index, result) in done.into_iter().flatten() {
+            results[index] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every blob was read"))
+            .collect()
     }
 
     async fn get_stream(

@@ -91,6 +91,17 @@ pub trait ContentAddressableStorage: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Reads several (small) blobs; implementations may batch them in one request.
+    /// One result per digest, in the order of `digests`, each as [`Self::get`] would
+    /// return it (a missing blob is NOT_FOUND).
+    async fn get_batch(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Vec<Result<Bytes, Status>> {
+        futures::future::join_all(digests.iter().map(|digest| self.get(instance, digest))).await
+    }
+
     /// Reads a blob as a stream of chunks.
     async fn get_stream(
         &self,
@@ -163,6 +174,15 @@ pub async fn get_message<M: prost::Message + Default>(
     digest: &reapi::Digest,
 ) -> Result<M, Status> {
     let data = cas.get(instance, digest).await?;
+    decode_message(digest, data)
+}
+
+/// Decodes the blob `data` with `digest` as a protobuf message, with the error
+/// [`get_message`] gives.
+pub fn decode_message<M: prost::Message + Default>(
+    digest: &reapi::Digest,
+    data: Bytes,
+) -> Result<M, Status> {
     M::decode(data).map_err(|e| {
         Status::invalid_argument(format!(
             "Failed to unmarshal message {}: {e}",

@@ -65,6 +65,39 @@ impl ContentAddressableStorage for ReadCachingContentAddressableStorage {
         Ok(data)
     }
 
+    async fn get_batch(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Vec<Result<Bytes, Status>> {
+        let mut results = self.fast.get_batch(instance, digests.clone()).await;
+        let absent: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.code() == Code::NotFound))
+            .map(|(i, _)| i)
+            .collect();
+        if absent.is_empty() {
+            return results;
+        }
+        let wanted: Vec<reapi::Digest> = absent.iter().map(|&i| digests[i].clone()).collect();
+        let read = self.slow.get_batch(instance, wanted.clone()).await;
+        let fill: Vec<(reapi::Digest, Bytes)> = wanted
+            .into_iter()
+            .zip(&read)
+            .filter_map(|(digest, r)| r.as_ref().ok().map(|data| (digest, data.clone())))
+            .collect();
+        if !fill.is_empty() {
+            if let Err(e) = self.fast.put_batch(instance, fill).await {
+                tracing::warn!("Failed to copy blobs into the read cache: {}", e.message());
+            }
+        }
+        for (index, result) in absent.into_iter().zip(read) {
+            results[index] = result;
+        }
+        results
+    }
+
     async fn put(
         &self,
         instance: &Instance,

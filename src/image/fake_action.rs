@@ -165,6 +165,28 @@ pub(crate) async fn write_record(
     put_message(cas, instance, &key.action)
         .await
         .map_err(|s| crate::status::wrap(s, context()))?;
+    write_record_entry(ac, instance, key, outputs).await
+}
+
+/// The fake Command and Action of `key`, encoded: what [`write_record`] stores in the
+/// CAS before the entry, for a caller that uploads them with other blobs.
+pub(crate) fn record_blobs(instance: &Instance, key: &FakeAction) -> Vec<(reapi::Digest, Bytes)> {
+    let function = instance.digest_function;
+    vec![
+        crate::digest::encode_message(function, &key.command),
+        crate::digest::encode_message(function, &key.action),
+    ]
+}
+
+/// Writes the Action Cache entry of `key` only: its outputs and the blobs of
+/// [`record_blobs`] must already be in the CAS.
+pub(crate) async fn write_record_entry(
+    ac: &dyn ActionCache,
+    instance: &Instance,
+    key: &FakeAction,
+    outputs: Vec<(String, reapi::Digest)>,
+) -> Result<(), Status> {
+    let context = || format!("Failed to write {} record", key.step.name());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
