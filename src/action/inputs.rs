@@ -3,6 +3,9 @@
 //! image properties are looked for in `Action.platform`, or, for older clients that send
 //! no Action platform, in `Command.platform`.
 //!
+//! When the Action's platform names images, the Command and the input root Directory
+//! are read in one batch (docs/how-it-works.md, "Storage calls per action").
+//!
 //! A missing Action or Command is FAILED_PRECONDITION with a PreconditionFailure naming
 //! it, as REAPI's Execute prescribes, so that the client uploads it and retries.
 
@@ -11,20 +14,26 @@
 #![allow(deprecated)]
 
 use super::images::{self, ImageProperty};
-use crate::blobstore::{get_message, ContentAddressableStorage, Instance};
+use crate::blobstore::{decode_message, ContentAddressableStorage, Instance};
 use crate::proto::reapi;
 use crate::status::wrap;
+use bytes::Bytes;
 use prost::Message;
+use std::sync::Arc;
 use tonic::{Code, Status};
 
 /// An action that names images, with what its rewrite needs.
 pub(crate) struct NamingImages {
     pub command: reapi::Command,
     pub images: Vec<ImageProperty>,
+    /// The input root Directory, when it was read beside the Command (it always is when
+    /// the Action's platform names the images). `None` leaves it to the merge to read.
+    pub input_root: Option<(reapi::Digest, Arc<reapi::Directory>)>,
 }
 
 /// The images `action` names in any of the properties `names`, with its Command; `None`
-/// when it names none (it is forwarded as it is).
+/// when it names none (it is forwarded as it is). When the Action's platform names
+/// images, the Command and the input root are read in one batch.
 pub(crate) async fn images_named(
     cas: &dyn ContentAddressableStorage,
     instance: &Instance,
@@ -37,8 +46,28 @@ pub(crate) async fn images_named(
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("Action has no command digest"))?;
     if !images.is_empty() {
-        let command = read(cas, instance, command_digest, "Command").await?;
-        return Ok(Some(NamingImages { command, images }));
+        instance.digest_function.validate(command_digest)?;
+        // The input root rides along when it is valid and not the empty Directory; if
+        // it cannot be read here, the merge reads it again and reports what is wrong.
+        let input_root = action
+            .input_root_digest
+            .as_ref()
+            .filter(|d| d.size_bytes > 0 && instance.digest_function.validate(d).is_ok());
+        let mut wanted = vec![command_digest.clone()];
+        wanted.extend(input_root.cloned());
+        let mut read = cas.get_batch(instance, wanted).await.into_iter();
+        let command_blob = read.next().expect("one result per digest");
+        let command = decoded(command_blob, command_digest, "Command")?;
+        let input_root = input_root.and_then(|digest| {
+            let data = read.next()?.ok()?;
+            let directory = decode_message::<reapi::Directory>(digest, data).ok()?;
+            Some((digest.clone(), Arc::new(directory)))
+        });
+        return Ok(Some(NamingImages {
+            command,
+            images,
+            input_root,
+        }));
     }
     let action_has_platform = action
         .platform
@@ -52,7 +81,11 @@ pub(crate) async fn images_named(
     if images.is_empty() {
         return Ok(None);
     }
-    Ok(Some(NamingImages { command, images }))
+    Ok(Some(NamingImages {
+        command,
+        images,
+        input_root: None,
+    }))
 }
 
 /// Reads the client's Action or Command (`what`).
@@ -63,7 +96,18 @@ pub(crate) async fn read<M: Message + Default>(
     what: &str,
 ) -> Result<M, Status> {
     instance.digest_function.validate(digest)?;
-    match get_message::<M>(cas, instance, digest).await {
+    let data = cas.get(instance, digest).await;
+    decoded(data, digest, what)
+}
+
+/// The client's Action or Command (`what`) decoded from the result of reading it: a
+/// missing one is FAILED_PRECONDITION naming it.
+fn decoded<M: Message + Default>(
+    data: Result<Bytes, Status>,
+    digest: &reapi::Digest,
+    what: &str,
+) -> Result<M, Status> {
+    match data.and_then(|data| decode_message::<M>(digest, data)) {
         Ok(m) => Ok(m),
         Err(s) if s.code() == Code::NotFound => Err(crate::status::missing_blobs(
             format!(

@@ -2,7 +2,8 @@
 //! moved with the input root, an Action naming the merged root and the new Command, and
 //! a platform without the image properties, with `addPlatformProperties` added. Every
 //! other field (timeout, `do_not_cache`, salt, …) is kept. The new Directories, the
-//! Command and the Action are uploaded in one batch, only what the CAS lacks.
+//! Command and the Action are uploaded in one batch (with the blobs of the mapping
+//! record in proxy mode), without asking first what the CAS lacks.
 
 // Command.platform is deprecated in REAPI, but older clients still send it; the
 // rewritten platform is mirrored there on purpose.
@@ -90,23 +91,18 @@ pub(crate) fn build(
     }
 }
 
-/// Uploads the blobs the CAS does not have yet, each once.
+/// Uploads `blobs`, each once, in as few BatchUpdateBlobs as the message size allows.
+/// Nothing is asked first: these are small messages, and writing one the CAS has
+/// already costs less than the round trip of a FindMissingBlobs.
 pub(crate) async fn upload(
     cas: &dyn ContentAddressableStorage,
     instance: &Instance,
     blobs: Vec<(reapi::Digest, Bytes)>,
 ) -> Result<(), Status> {
-    let digests: Vec<reapi::Digest> = blobs.iter().map(|(d, _)| d.clone()).collect();
-    let missing: HashSet<reapi::Digest> = cas
-        .find_missing(instance, digests)
-        .await
-        .map_err(|s| wrap(s, "Failed to upload the rewritten action"))?
-        .into_iter()
-        .collect();
     let mut seen = HashSet::new();
     let uploads: Vec<_> = blobs
         .into_iter()
-        .filter(|(d, _)| missing.contains(d) && seen.insert(d.clone()))
+        .filter(|(d, _)| seen.insert(d.clone()))
         .collect();
     cas.put_batch(instance, uploads)
         .await
@@ -144,6 +140,7 @@ pub(crate) fn rewritten(
         action: new.action,
         action_digest: new.action_digest,
         provenance,
+        mapping_blobs_uploaded: false,
     }
 }
 

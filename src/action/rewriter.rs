@@ -23,6 +23,7 @@
 use super::checks_step::{self, Checked};
 use super::failure::Failure;
 use super::images::{self, ImageProperty};
+use super::results::ResultMapper;
 use super::written_overlay::WrittenOverlay;
 use super::{inputs, merge_step, new_action, platform_properties, RewriteOptions};
 use crate::blobstore::{ContentAddressableStorage, Instance};
@@ -40,6 +41,9 @@ pub struct RewrittenAction {
     pub action: reapi::Action,
     pub action_digest: reapi::Digest,
     pub provenance: ExpansionProvenance,
+    /// Whether the blobs of the mapping record (`ResultMapper::mapping_blobs`) were
+    /// uploaded with the action's, so that only its Action Cache entry is left to write.
+    pub mapping_blobs_uploaded: bool,
 }
 
 /// What became of an action.
@@ -99,7 +103,7 @@ impl ActionRewriter {
     ) -> Result<Rewrite, Status> {
         instance.digest_function.validate(action_digest)?;
         let action = inputs::read(&*self.cas, instance, action_digest, "Action").await?;
-        self.rewrite_action(instance, action, Some(action_digest.clone()))
+        self.rewrite(instance, action, Some(action_digest.clone()), true)
             .await
     }
 
@@ -111,16 +115,32 @@ impl ActionRewriter {
         action: reapi::Action,
         original_digest: Option<reapi::Digest>,
     ) -> Result<Rewrite, Status> {
+        self.rewrite(instance, action, original_digest, false).await
+    }
+
+    /// [`Self::rewrite_action`]; with `mapping`, the blobs of the mapping record are
+    /// uploaded with the rewritten action's (proxy mode).
+    async fn rewrite(
+        &self,
+        instance: &Instance,
+        action: reapi::Action,
+        original_digest: Option<reapi::Digest>,
+        mapping: bool,
+    ) -> Result<Rewrite, Status> {
         let names = &self.options.property_names;
         let naming = inputs::images_named(&*self.cas, instance, &action, names).await?;
         let Some(naming) = naming else {
             return Ok(Rewrite::PassThrough);
         };
         let (command, images) = (&naming.command, &naming.images);
-        let original_digest = original_digest.as_ref();
+        let attempt = Attempt {
+            original_digest: original_digest.as_ref(),
+            input_root: naming.input_root.as_ref(),
+            mapping,
+        };
         let started = Instant::now();
         let mut result = self
-            .rewrite_once(instance, &action, command, images, original_digest)
+            .rewrite_once(instance, &action, command, images, &attempt)
             .await;
         if let Err(Failure::ImageIncomplete(status)) = &result {
             tracing::warn!(
@@ -130,7 +150,7 @@ impl ActionRewriter {
             );
             self.forget_local_caches();
             result = self
-                .rewrite_once(instance, &action, command, images, original_digest)
+                .rewrite_once(instance, &action, command, images, &attempt)
                 .await;
         }
         crate::image::metrics::step("rewrite", result.is_ok(), started.elapsed().as_secs_f64());
@@ -152,7 +172,7 @@ impl ActionRewriter {
         action: &reapi::Action,
         command: &reapi::Command,
         images: &[ImageProperty],
-        original_digest: Option<&reapi::Digest>,
+        attempt: &Attempt<'_>,
     ) -> Result<RewrittenAction, Failure> {
         let options = &self.options;
         let platform = new_action::deciding_platform(action, command);
@@ -161,6 +181,9 @@ impl ActionRewriter {
 
         let cached = self.directories.source(self.cas.clone(), instance.clone());
         let mut source = WrittenOverlay::new(&cached, &self.directories);
+        if let Some((digest, directory)) = attempt.input_root {
+            source.add_read(digest.clone(), directory.clone());
+        }
         let input_root = action.input_root_digest.as_ref();
         let merged = merge_step::merge(
             &mut source,
@@ -193,15 +216,29 @@ impl ActionRewriter {
         );
         let mut uploads = merged.new_directories;
         uploads.extend(new.blobs.iter().cloned());
-        new_action::upload(&*self.cas, instance, uploads).await?;
-        Ok(new_action::rewritten(
+        let mut rewritten = new_action::rewritten(
             instance,
             action,
-            original_digest,
+            attempt.original_digest,
             images,
             &expanded,
             merged.root,
             new,
-        ))
+        );
+        if attempt.mapping {
+            uploads.extend(ResultMapper::mapping_blobs(&rewritten.provenance)?);
+            rewritten.mapping_blobs_uploaded = true;
+        }
+        new_action::upload(&*self.cas, instance, uploads).await?;
+        Ok(rewritten)
     }
+}
+
+/// What one attempt at a rewrite is given besides the action.
+struct Attempt<'a> {
+    original_digest: Option<&'a reapi::Digest>,
+    /// The input root, if it was read beside the Command.
+    input_root: Option<&'a (reapi::Digest, Arc<reapi::Directory>)>,
+    /// Whether to upload the blobs of the mapping record too.
+    mapping: bool,
 }

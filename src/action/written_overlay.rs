@@ -31,6 +31,12 @@ impl<'a> WrittenOverlay<'a> {
         }
     }
 
+    /// Serves `directory`, read already (the input root, read beside the Command),
+    /// without reading it again.
+    pub(crate) fn add_read(&mut self, digest: reapi::Digest, directory: Arc<reapi::Directory>) {
+        self.written.insert(digest, directory);
+    }
+
     /// Makes Directories written by a merge readable by the steps that follow and
     /// keeps them in the local cache for later actions.
     pub(crate) fn remember(

@@ -128,10 +128,14 @@ impl ExpandingExecution {
             action_digest: Some(rewritten.action_digest.clone()),
             ..request.clone()
         };
-        let ((), stream) = tokio::join!(
-            self.results.record(&rewritten.provenance),
-            self.forward(forwarded, timeout)
-        );
+        let record = async {
+            if rewritten.mapping_blobs_uploaded {
+                self.results.record_entry(&rewritten.provenance).await
+            } else {
+                self.results.record(&rewritten.provenance).await
+            }
+        };
+        let ((), stream) = tokio::join!(record, self.forward(forwarded, timeout));
         stream
     }
 
@@ -165,16 +169,25 @@ impl ExpandingExecution {
                 }
             }
             let item = match (item, &provenance) {
-                (Ok(op), Some(p)) => Ok(self.results.map_operation(op, p).await),
+                (Ok(op), Some(p)) => Ok(self.results.map_back(op, p)),
                 (other, _) => other,
             }
             .map(|mut op| {
                 op.name = operation_names::external(instance_name, &op.name);
                 op
             });
+            // The write-back under the client's digest follows the relayed result, off
+            // the path of the client's response.
+            let write_back = match (&item, &provenance) {
+                (Ok(op), Some(p)) if op.done => Some((op.clone(), p.clone())),
+                _ => None,
+            };
             if sender.send(item).await.is_err() {
                 // The client went away: dropping `stream` cancels the upstream call.
                 return Relayed::Done;
+            }
+            if let Some((op, p)) = write_back {
+                self.results.write_back_result(&op, &p).await;
             }
         }
         Relayed::Done
