@@ -1,38 +1,35 @@
 //! The embedded in-memory Action Cache. Unlike the CAS, entries are keyed by instance
 //! name too: the same action may have different results on different instances.
-//! Entries are evicted oldest first once the encoded results together exceed
-//! `maximumSizeBytes`.
+//! Entries are evicted oldest first (by when they were last written; reads do not
+//! count) once the encoded results together exceed `maximumSizeBytes`.
 
 use super::{ActionCache, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
+use crate::util::bounded_cache::BoundedCache;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use prost::Message;
-use std::collections::{HashMap, VecDeque};
 use tonic::Status;
 
 type Key = (String, DigestFunction, String, i64);
 
-/// Entries, their insertion order (key and encoded size), and the total size.
-type State = (HashMap<Key, reapi::ActionResult>, VecDeque<(Key, u64)>, u64);
-
 pub struct MemoryActionCache {
-    maximum_size_bytes: u64,
-    state: Mutex<State>,
+    /// Results costing their encoded size, read with `peek` so that the least recently
+    /// written goes first.
+    results: Mutex<BoundedCache<Key, reapi::ActionResult>>,
 }
 
 impl MemoryActionCache {
     pub fn new(maximum_size_bytes: u64) -> Self {
         Self {
-            maximum_size_bytes,
-            state: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
+            results: Mutex::new(BoundedCache::with_max_cost(maximum_size_bytes)),
         }
     }
 
     /// Number of entries (for tests).
     pub fn len(&self) -> usize {
-        self.state.lock().0.len()
+        self.results.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -56,10 +53,9 @@ impl ActionCache for MemoryActionCache {
         instance: &Instance,
         action_digest: &reapi::Digest,
     ) -> Result<reapi::ActionResult, Status> {
-        self.state
+        self.results
             .lock()
-            .0
-            .get(&key(instance, action_digest))
+            .peek(&key(instance, action_digest))
             .cloned()
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -76,22 +72,9 @@ impl ActionCache for MemoryActionCache {
         result: reapi::ActionResult,
     ) -> Result<(), Status> {
         let size = result.encoded_len() as u64;
-        let mut s = self.state.lock();
-        let k = key(instance, action_digest);
-        s.0.insert(k.clone(), result);
-        s.1.push_back((k, size));
-        s.2 += size;
-        while s.2 > self.maximum_size_bytes {
-            let Some((old, sz)) = s.1.pop_front() else {
-                break;
-            };
-            s.2 -= sz;
-            // An overwritten entry appears twice in the queue; only its last
-            // occurrence owns the map entry.
-            if !s.1.iter().any(|(k, _)| *k == old) {
-                s.0.remove(&old);
-            }
-        }
+        self.results
+            .lock()
+            .insert(key(instance, action_digest), result, size);
         Ok(())
     }
 }
@@ -116,5 +99,27 @@ mod tests {
             ac.get_action_result(&b, &d).await.unwrap_err().code(),
             tonic::Code::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn evicts_the_least_recently_written_first() {
+        let i = Instance::new("", DigestFunction::Sha256);
+        let result = |exit_code| reapi::ActionResult {
+            exit_code,
+            ..Default::default()
+        };
+        let size = result(1).encoded_len() as u64;
+        let ac = MemoryActionCache::new(2 * size);
+        let [a, b, c] = [b"a", b"b", b"c"].map(|d| DigestFunction::Sha256.digest_of(d));
+        ac.put_action_result(&i, &a, result(1)).await.unwrap();
+        ac.put_action_result(&i, &b, result(2)).await.unwrap();
+        // Reading a does not keep it; rewriting b makes it the newest, once.
+        ac.get_action_result(&i, &a).await.unwrap();
+        ac.put_action_result(&i, &b, result(3)).await.unwrap();
+        assert_eq!(ac.len(), 2);
+        ac.put_action_result(&i, &c, result(4)).await.unwrap();
+        assert!(ac.get_action_result(&i, &a).await.is_err());
+        assert_eq!(ac.get_action_result(&i, &b).await.unwrap(), result(3));
+        assert_eq!(ac.get_action_result(&i, &c).await.unwrap(), result(4));
     }
 }

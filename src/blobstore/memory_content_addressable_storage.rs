@@ -7,42 +7,32 @@
 use super::{verify_blob, ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
 use crate::proto::reapi;
+use crate::util::bounded_cache::BoundedCache;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
 use tonic::Status;
 
 type Key = (DigestFunction, String, i64);
 
-struct Lru {
-    blobs: HashMap<Key, (Bytes, u64)>,
-    order: BTreeMap<u64, Key>,
-    tick: u64,
-    size: u64,
-}
-
 pub struct MemoryContentAddressableStorage {
     maximum_size_bytes: u64,
-    state: Mutex<Lru>,
+    /// Blobs costing their size; reads, existence checks and writes of a blob held
+    /// make it most recently used.
+    blobs: Mutex<BoundedCache<Key, Bytes>>,
 }
 
 impl MemoryContentAddressableStorage {
     pub fn new(maximum_size_bytes: u64) -> Self {
         Self {
             maximum_size_bytes,
-            state: Mutex::new(Lru {
-                blobs: HashMap::new(),
-                order: BTreeMap::new(),
-                tick: 0,
-                size: 0,
-            }),
+            blobs: Mutex::new(BoundedCache::with_max_cost(maximum_size_bytes)),
         }
     }
 
     /// Number of blobs held (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.state.lock().blobs.len()
+        self.blobs.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -51,15 +41,7 @@ impl MemoryContentAddressableStorage {
 
     /// Removes a blob, as an eviction would (for tests).
     pub fn remove(&self, instance: &Instance, digest: &reapi::Digest) -> bool {
-        let mut s = self.state.lock();
-        let key = key(instance, digest);
-        if let Some((data, tick)) = s.blobs.remove(&key) {
-            s.order.remove(&tick);
-            s.size -= data.len() as u64;
-            true
-        } else {
-            false
-        }
+        self.blobs.lock().remove(&key(instance, digest)).is_some()
     }
 }
 
@@ -71,19 +53,6 @@ fn key(instance: &Instance, digest: &reapi::Digest) -> Key {
     )
 }
 
-impl Lru {
-    fn touch(&mut self, key: &Key) -> Option<Bytes> {
-        self.tick += 1;
-        let tick = self.tick;
-        let (data, old) = self.blobs.get_mut(key)?;
-        let data = data.clone();
-        let old = std::mem::replace(old, tick);
-        self.order.remove(&old);
-        self.order.insert(tick, key.clone());
-        Some(data)
-    }
-}
-
 #[async_trait]
 impl ContentAddressableStorage for MemoryContentAddressableStorage {
     async fn find_missing(
@@ -91,11 +60,11 @@ impl ContentAddressableStorage for MemoryContentAddressableStorage {
         instance: &Instance,
         digests: Vec<reapi::Digest>,
     ) -> Result<Vec<reapi::Digest>, Status> {
-        let mut s = self.state.lock();
+        let mut blobs = self.blobs.lock();
         let empty = instance.digest_function.empty_digest();
         Ok(digests
             .into_iter()
-            .filter(|d| *d != empty && s.touch(&key(instance, d)).is_none())
+            .filter(|d| *d != empty && blobs.get(&key(instance, d)).is_none())
             .collect())
     }
 
@@ -103,9 +72,10 @@ impl ContentAddressableStorage for MemoryContentAddressableStorage {
         if digest.size_bytes == 0 {
             return Ok(Bytes::new());
         }
-        self.state
+        self.blobs
             .lock()
-            .touch(&key(instance, digest))
+            .get(&key(instance, digest))
+            .cloned()
             .ok_or_else(|| {
                 Status::not_found(format!("Blob {} not found", crate::digest::display(digest)))
             })
@@ -126,24 +96,11 @@ impl ContentAddressableStorage for MemoryContentAddressableStorage {
                 self.maximum_size_bytes
             )));
         }
-        let mut s = self.state.lock();
+        let mut blobs = self.blobs.lock();
         let k = key(instance, digest);
-        if s.touch(&k).is_some() {
-            return Ok(());
+        if blobs.get(&k).is_none() {
+            blobs.insert(k, data, len);
         }
-        while s.size + len > self.maximum_size_bytes {
-            let Some((_, oldest)) = s.order.pop_first() else {
-                break;
-            };
-            if let Some((d, _)) = s.blobs.remove(&oldest) {
-                s.size -= d.len() as u64;
-            }
-        }
-        s.tick += 1;
-        let tick = s.tick;
-        s.order.insert(tick, k.clone());
-        s.blobs.insert(k, (data, tick));
-        s.size += len;
         Ok(())
     }
 }

@@ -220,11 +220,13 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Total cost of the entries held.
+    #[cfg(test)]
     pub(crate) fn cost(&self) -> u64 {
         self.cost
     }
