@@ -59,6 +59,16 @@ LEASE_COMPLETED = bots_pb2.LeaseState.Value("COMPLETED")
 LEASE_CANCELLED = bots_pb2.LeaseState.Value("CANCELLED")
 
 
+# Run as `python -I -c CHROOT_EXEC ROOT WORKING_DIRECTORY ARGV...`: enters ROOT, then
+# WORKING_DIRECTORY inside it, and execs /usr/bin/env -- ARGV with the environment given.
+CHROOT_EXEC = (
+    "import os, sys\n"
+    "os.chroot(sys.argv[1])\n"
+    "os.chdir(sys.argv[2])\n"
+    "os.execv('/usr/bin/env', ['/usr/bin/env', '--', *sys.argv[3:]])\n"
+)
+
+
 def log(message):
     print(f"{time.strftime('%H:%M:%S')} worker: {message}", file=sys.stderr, flush=True)
 
@@ -411,16 +421,16 @@ class Worker:
         timeout = action.timeout.seconds + action.timeout.nanos / 1e9 or DEFAULT_ACTION_TIMEOUT
 
         metadata.execution_start_timestamp.CopyFrom(now())
-        # The working directory is entered on the host (cwd=), then the root changes under
-        # it: chroot(2) keeps the working directory, which lies inside the new root.
+        # chroot(2) and chdir(2) happen in a fresh, single-threaded Python (CHROOT_EXEC),
+        # which then execs /usr/bin/env in the new root. Not in a preexec_fn of this
+        # process: it runs gRPC threads, and running Python code between fork and exec in
+        # a multi-threaded process can deadlock or abort the child (seen as SIGABRT).
         self.child = subprocess.Popen(
-            ["/usr/bin/env", "--", *command.arguments],
-            cwd=host_directory,
+            [sys.executable, "-I", "-c", CHROOT_EXEC, root, "/" + working_directory, *command.arguments],
             env={v.name: v.value for v in command.environment_variables},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=lambda: os.chroot(root),
             start_new_session=True,
         )
         try:
