@@ -94,8 +94,8 @@ async fn warm_action_with_shared_inputs_makes_five_storage_calls() {
 /// The input root is read with the Command; only the image's root overlaps the inputs
 /// (every other image Directory comes from the local cache). One more BatchReadBlobs
 /// reads `src`, the input Directory the output path `out/result.txt` (in working
-/// directory `src`) lies in, which the output-path check looks into: input Directories
-/// are read one batch per level of the paths looked at, here one level.
+/// directory `src`) lies in, which the output-path check looks into: one call per
+/// input Directory looked into below the root, here one.
 #[tokio::test]
 async fn warm_action_with_its_own_input_root_reads_input_directories_in_batches() {
     for calls in calls_per_warm_action(true, 3).await {

@@ -2,7 +2,7 @@
 //! Directories (of stacked images and of the merge) go to the CAS in one batch at the
 //! end of the rewrite; until then the steps that follow read them from here, whatever
 //! the bounded local Directory cache keeps. They are also offered to that cache, for
-//! later actions.
+//! later actions. The input root, read beside the Command, is served from here too.
 
 use crate::digest::DigestFunction;
 use crate::merge::DirectoryCache;

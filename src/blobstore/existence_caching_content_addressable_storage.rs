@@ -151,6 +151,25 @@ impl ContentAddressableStorage for ExistenceCachingContentAddressableStorage {
         Ok(data)
     }
 
+    async fn get_batch(
+        &self,
+        instance: &Instance,
+        digests: Vec<reapi::Digest>,
+    ) -> Vec<Result<Bytes, Status>> {
+        let now = self.clock.now();
+        let results = self.backend.get_batch(instance, digests.clone()).await;
+        self.remember(
+            instance,
+            digests
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(d, _)| d),
+            now,
+        );
+        results
+    }
+
     async fn put(
         &self,
         instance: &Instance,
@@ -317,6 +336,34 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(f.server.calls("FindMissingBlobs"), 0);
+    }
+
+    #[tokio::test]
+    async fn batch_reads_are_one_request_and_remember_what_was_found() {
+        let f = fixture(100).await;
+        let a = store(&f.server, b"a").await;
+        let b = store(&f.server, b"b").await;
+        let missing = DigestFunction::Sha256.digest_of(b"missing");
+        let results = f
+            .cas
+            .get_batch(&inst(), vec![a.clone(), missing.clone(), b.clone()])
+            .await;
+        assert_eq!(f.server.calls("BatchReadBlobs"), 1);
+        assert_eq!(results[0].as_ref().unwrap(), &Bytes::from_static(b"a"));
+        assert_eq!(results[2].as_ref().unwrap(), &Bytes::from_static(b"b"));
+        let error = results[1].as_ref().unwrap_err();
+        assert_eq!(error.code(), Code::NotFound);
+        assert!(
+            error.message().starts_with("Failed to read blob"),
+            "{error:?}"
+        );
+        assert_eq!(
+            f.cas
+                .find_missing(&inst(), vec![a, missing.clone(), b])
+                .await
+                .unwrap(),
+            vec![missing]
+        );
     }
 
     #[tokio::test]
