@@ -23,6 +23,8 @@ pub mod blobstore;
 pub mod cli;
 pub mod config;
 pub mod diagnostics;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod digest;
 pub mod grpc;
 pub mod image;

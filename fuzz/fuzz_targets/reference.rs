@@ -1,0 +1,4 @@
+#![no_main]
+//! See `bb_container_expander::fuzzing::reference`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bb_container_expander::fuzzing::reference(data));
