@@ -15,6 +15,7 @@
 //! | d | cold `expand` of a 4-layer image | the sum of its layers expanded one by one |
 //! | e | warm `expand` of a Debian-like image (~6k entries), no layer downloaded | its cold expand |
 //! | f | peak RSS ingesting the 1 GiB layer into a discarding CAS (child process) | the same child, tiny image |
+//! | j | peak RSS refusing the two metadata bombs of issue 12 (at most 160 MB) | a layer just under the metadata limits, accepted |
 //! | g, h | Execute latency p50/p99 and throughput at 64 clients through the expander, warm | straight to the upstream |
 //! | i | g and h for a 6k-entry and a 25k-entry image | idem |
 //!
@@ -27,6 +28,7 @@
 #[allow(unused_imports)]
 mod support;
 
+mod bombs;
 mod engine;
 mod execute;
 mod layers;
@@ -44,7 +46,7 @@ pub struct Pushed {
     pub layers: Vec<BuiltLayer>,
 }
 
-const ROWS: &str = "abcdefghi";
+const ROWS: &str = "abcdefghij";
 
 fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -105,6 +107,11 @@ fn main() {
             engine::child_ingest(&reference);
             return;
         }
+        Ok("ingest-any") => {
+            let reference = std::env::args().nth(1).expect("image reference");
+            bombs::child(&reference);
+            return;
+        }
         Ok("execute") => {
             let args: Vec<String> = std::env::args().skip(1).collect();
             execute::child_rows(&args);
@@ -160,6 +167,13 @@ fn main() {
     let big =
         wants("i").then(|| build(&|| layers::host_tree("big-25k", &big_selection(), 1, true)));
     let tiny = wants("fgh").then(|| build(&layers::tiny));
+    let bombs = wants("j").then(|| {
+        [
+            build(&bombs::pax_path_bomb),
+            build(&bombs::symlink_bomb),
+            build(&bombs::just_under),
+        ]
+    });
     eprintln!("layers ready after {:.1}s", started.elapsed().as_secs_f64());
 
     let registry = support::registry_server::RegistryServer::start();
@@ -186,6 +200,13 @@ fn main() {
     let debian = debian.map(|l| push("bench/debian", "v1", vec![l]));
     let big = big.map(|l| push("bench/big25k", "v1", vec![l]));
     let tiny = tiny.map(|l| push("bench/tiny", "v1", vec![l]));
+    let bombs = bombs.map(|[pax, symlinks, under]| {
+        [
+            push("bench/bombs", "pax-paths", vec![pax]),
+            push("bench/bombs", "symlink-targets", vec![symlinks]),
+            push("bench/bombs", "just-under", vec![under]),
+        ]
+    });
     eprintln!(
         "images pushed to {host} in {:.1}s",
         pushed_at.elapsed().as_secs_f64()
@@ -272,6 +293,14 @@ fn main() {
     if let (true, Some(huge), Some(tiny)) = (wants("f"), &huge, &tiny) {
         section("f: peak RSS");
         engine::peak_rss(&mut table, huge, tiny, huge_floor);
+    }
+    if let Some([pax, symlinks, under]) = &bombs {
+        section("j: metadata bombs");
+        bombs::rows(
+            &mut table,
+            &[("73 x 3.5 MiB PAX paths", pax), ("64 x 3 MiB symlink targets", symlinks)],
+            under,
+        );
     }
     let mut execute_images = Vec::new();
     if let (true, Some(tiny)) = (wants("gh"), &tiny) {
