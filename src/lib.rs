@@ -23,9 +23,9 @@ pub mod blobstore;
 pub mod cli;
 pub mod config;
 pub mod diagnostics;
+pub mod digest;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod digest;
 pub mod grpc;
 pub mod image;
 pub mod layer;

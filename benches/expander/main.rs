@@ -298,7 +298,10 @@ fn main() {
         section("j: metadata bombs");
         bombs::rows(
             &mut table,
-            &[("73 x 3.5 MiB PAX paths", pax), ("64 x 3 MiB symlink targets", symlinks)],
+            &[
+                ("73 x 3.5 MiB PAX paths", pax),
+                ("64 x 3 MiB symlink targets", symlinks),
+            ],
             under,
         );
     }
