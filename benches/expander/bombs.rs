@@ -206,6 +206,7 @@ pub fn child(reference: &str) {
         .unwrap();
     let registry = OciRegistry::new(RegistryConfiguration {
         allow_any_registry: true,
+        allow_private_addresses: true,
         ..RegistryConfiguration::default()
     })
     .expect("registry client");

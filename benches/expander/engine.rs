@@ -232,6 +232,7 @@ fn registry() -> Arc<OciRegistry> {
     Arc::new(
         OciRegistry::new(RegistryConfiguration {
             allow_any_registry: true,
+            allow_private_addresses: true,
             ..RegistryConfiguration::default()
         })
         .expect("registry client"),

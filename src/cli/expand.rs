@@ -111,6 +111,7 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
             Arc::new(MemoryActionCache::new(DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES)),
             ContainerImagesConfiguration {
                 allow_any_registry: true,
+                allow_private_addresses: true,
                 ..Default::default()
             },
             DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES as usize,

@@ -33,7 +33,21 @@ pub const DEFAULT_MAXIMUM_IMAGE_ENTRIES: u64 = 4_000_000;
 /// `maximumImageNameBytes` when unset: 512 MiB.
 pub const DEFAULT_MAXIMUM_IMAGE_NAME_BYTES: u64 = 512 << 20;
 /// `maximumConcurrentLayerIngests` when unset.
-pub const DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS: usize = 2;
+pub const DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS: usize = 4;
+/// `maximumConcurrentLayerIngestsPerRegistry` when unset.
+pub const DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS_PER_REGISTRY: usize = 2;
+/// `blobTransferTimeout` when unset: a 1 GiB layer at 300 KiB/s still passes.
+pub const DEFAULT_BLOB_TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `minimumTransferBytesPerSecond` when unset: 16 KiB/s.
+pub const DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND: u64 = 16 << 10;
+/// `transferRateWindow` when unset.
+pub const DEFAULT_TRANSFER_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// `maximumRetryAfter` when unset.
+pub const DEFAULT_MAXIMUM_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// `abandonGracePeriod` when unset.
+pub const DEFAULT_ABANDON_GRACE_PERIOD: Duration = Duration::from_secs(10);
+/// `staleTagGrace` when unset: off.
+pub const DEFAULT_STALE_TAG_GRACE: Duration = Duration::ZERO;
 /// `directoryCacheSizeBytes` when unset: 256 MiB.
 pub const DEFAULT_DIRECTORY_CACHE_SIZE_BYTES: u64 = 256 << 20;
 /// `platformPropertyName` when unset.
@@ -115,10 +129,54 @@ pub struct ContainerImagesConfiguration {
     /// Default: [`DEFAULT_MAXIMUM_IMAGE_NAME_BYTES`] (512 MiB).
     #[serde(default, deserialize_with = "protojson::optional_uint64")]
     pub maximum_image_name_bytes: Option<u64>,
-    /// Layers downloaded and ingested at the same time (one per core is a good value:
-    /// ingestion is CPU bound). Default: [`DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS`] (2).
+    /// Layers downloaded and ingested at the same time, across all registries (ingestion
+    /// is CPU bound: about two per core). Default:
+    /// [`DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS`] (4).
     #[serde(default)]
     pub maximum_concurrent_layer_ingests: Option<usize>,
+    /// Layers downloaded and ingested at the same time from one registry (the
+    /// reference's registry, whichever mirror serves it). Below
+    /// `maximumConcurrentLayerIngests`, so that one slow or hostile registry cannot take
+    /// every slot from the others. Default:
+    /// [`DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS_PER_REGISTRY`] (2).
+    #[serde(default)]
+    pub maximum_concurrent_layer_ingests_per_registry: Option<usize>,
+    /// Deadline of a whole blob transfer (a layer or config download), however fast
+    /// bytes arrive; beyond it the layer fails with UNAVAILABLE. Default:
+    /// [`DEFAULT_BLOB_TRANSFER_TIMEOUT`] ('3600s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub blob_transfer_timeout: Option<Duration>,
+    /// A blob transfer that averages less than this over `transferRateWindow` fails
+    /// with UNAVAILABLE (a trickling registry). 0 disables the check. Default:
+    /// [`DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND`] (16384).
+    #[serde(default, deserialize_with = "protojson::optional_uint64")]
+    pub minimum_transfer_bytes_per_second: Option<u64>,
+    /// The window `minimumTransferBytesPerSecond` is averaged over (the first window
+    /// starts when the response headers arrive). Default:
+    /// [`DEFAULT_TRANSFER_RATE_WINDOW`] ('60s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub transfer_rate_window: Option<Duration>,
+    /// Longest `Retry-After` of a 429 or 503 answer that is honoured; a longer one makes
+    /// the request fail at once with UNAVAILABLE. Default:
+    /// [`DEFAULT_MAXIMUM_RETRY_AFTER`] ('60s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub maximum_retry_after: Option<Duration>,
+    /// How long an image expansion or layer ingestion goes on after every caller waiting
+    /// for it has gone (cancelled, deadline passed); then it is abandoned, its slot freed
+    /// and nothing is recorded. Default: [`DEFAULT_ABANDON_GRACE_PERIOD`] ('10s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub abandon_grace_period: Option<Duration>,
+    /// How long a tag resolved before keeps serving its last digest when the registry is
+    /// unreachable or answers 5xx/429 (logged, counted in
+    /// `tag_resolutions_served_stale_total`). '0s' turns it off. Default:
+    /// [`DEFAULT_STALE_TAG_GRACE`] (off).
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub stale_tag_grace: Option<Duration>,
+    /// Allow connections to loopback, link-local and private addresses that no
+    /// `registries[]` entry lists (by a reference with `allowAnyRegistry`, or by a
+    /// redirect). Default: false. The `expand` command without `--config` sets it.
+    #[serde(default)]
+    pub allow_private_addresses: bool,
     /// Directory where large files of a layer are spooled while they are hashed.
     /// Default: the system's temporary directory.
     #[serde(default)]
@@ -246,6 +304,27 @@ pub struct RegistryHostsConfiguration {
     /// on loopback). Mirrors need not be listed to be contacted. Default: none.
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// Hosts a redirect from these registries may lead to (blob downloads are often
+    /// redirected to object storage or a CDN), besides the registry's own hosts. Default:
+    /// any public host. Loopback, link-local and private addresses are followed only if
+    /// listed somewhere in `registries[]`, whatever this says.
+    #[serde(default)]
+    pub redirect_hosts: Option<Vec<String>>,
+    /// A request budget for these hosts, shared by all requests of this process (a token
+    /// bucket): for a fleet sharing one pull quota. Default: none.
+    #[serde(default)]
+    pub request_budget: Option<RequestBudget>,
+}
+
+/// `registries[].requestBudget`: a token bucket.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestBudget {
+    /// Requests per second, sustained.
+    pub requests_per_second: f64,
+    /// Requests that may be made at once after a quiet period. Default: 1.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// How to authenticate to a registry (a oneof: exactly one key).
@@ -303,6 +382,9 @@ impl ContainerImagesConfiguration {
         }
         if self.maximum_concurrent_layer_ingests == Some(0) {
             return Err("maximumConcurrentLayerIngests: must be at least 1".into());
+        }
+        if self.maximum_concurrent_layer_ingests_per_registry == Some(0) {
+            return Err("maximumConcurrentLayerIngestsPerRegistry: must be at least 1".into());
         }
         Ok(())
     }

@@ -17,9 +17,10 @@ use super::tag_resolver::TagResolver;
 use super::tree_builder::TreeBuilder;
 use crate::blobstore::{ActionCache, ContentAddressableStorage};
 use crate::config::container_images::{
-    ContainerImagesConfiguration, DEFAULT_COMPLETENESS_CHECK_INTERVAL,
-    DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS, DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES,
-    DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_TAG_TTL,
+    ContainerImagesConfiguration, DEFAULT_ABANDON_GRACE_PERIOD,
+    DEFAULT_COMPLETENESS_CHECK_INTERVAL, DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS,
+    DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS_PER_REGISTRY, DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES,
+    DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_STALE_TAG_GRACE, DEFAULT_TAG_TTL,
 };
 use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
 use crate::layer::{IngestOptions, LayerIngester};
@@ -79,6 +80,15 @@ pub fn new_expander_options_from_configuration(
         maximum_concurrent_layer_ingests: configuration
             .maximum_concurrent_layer_ingests
             .unwrap_or(DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS),
+        maximum_concurrent_layer_ingests_per_registry: configuration
+            .maximum_concurrent_layer_ingests_per_registry
+            .unwrap_or(DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS_PER_REGISTRY),
+        abandon_grace_period: configuration
+            .abandon_grace_period
+            .unwrap_or(DEFAULT_ABANDON_GRACE_PERIOD),
+        stale_tag_grace: configuration
+            .stale_tag_grace
+            .unwrap_or(DEFAULT_STALE_TAG_GRACE),
         maximum_message_size_bytes,
         layer_retries: LAYER_RETRIES,
         ingest: IngestOptions {

@@ -46,6 +46,12 @@ pub struct ExpanderOptions {
     pub maximum_image_size_bytes: u64,
     /// Layers ingested at the same time, across all images.
     pub maximum_concurrent_layer_ingests: usize,
+    /// Layers ingested at the same time from one registry.
+    pub maximum_concurrent_layer_ingests_per_registry: usize,
+    /// How long an expansion or ingestion nobody waits for any more goes on.
+    pub abandon_grace_period: Duration,
+    /// How long a tag keeps serving its last digest while its registry fails (zero: off).
+    pub stale_tag_grace: Duration,
     /// Largest Directory message (the workers' `maximumMessageSizeBytes`).
     pub maximum_message_size_bytes: usize,
     /// How often a layer whose download failed transiently is fetched again.

@@ -33,12 +33,15 @@ use std::time::Duration;
 
 use super::platform::Platform;
 use super::reference::validate_host;
+pub use crate::config::container_images::RequestBudget;
 pub use crate::config::container_images::{
     BasicCredentials, Credentials, RegistryHostsConfiguration,
 };
 use crate::config::container_images::{
-    ContainerImagesConfiguration, PlatformConfiguration, DEFAULT_INITIAL_RETRY_DELAY,
-    DEFAULT_MAXIMUM_RETRIES, DEFAULT_REQUEST_TIMEOUT,
+    ContainerImagesConfiguration, PlatformConfiguration, DEFAULT_BLOB_TRANSFER_TIMEOUT,
+    DEFAULT_INITIAL_RETRY_DELAY, DEFAULT_MAXIMUM_RETRIES, DEFAULT_MAXIMUM_RETRY_AFTER,
+    DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TRANSFER_RATE_WINDOW,
 };
 
 /// Registry access: the registry settings of `containerImages` with their defaults
@@ -58,6 +61,16 @@ pub struct RegistryConfiguration {
     pub maximum_retries: u32,
     /// Delay before the first retry; each further retry waits twice as long.
     pub initial_retry_delay: Duration,
+    /// Deadline of a whole blob transfer.
+    pub blob_transfer_timeout: Duration,
+    /// Slowest average transfer rate accepted over `transfer_rate_window` (0: any).
+    pub minimum_transfer_bytes_per_second: u64,
+    /// The window the transfer rate is averaged over.
+    pub transfer_rate_window: Duration,
+    /// Longest `Retry-After` honoured.
+    pub maximum_retry_after: Duration,
+    /// Connect to loopback, link-local and private addresses no entry lists.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for RegistryConfiguration {
@@ -85,6 +98,19 @@ pub fn new_registry_configuration_from_configuration(
         initial_retry_delay: configuration
             .initial_retry_delay
             .unwrap_or(DEFAULT_INITIAL_RETRY_DELAY),
+        blob_transfer_timeout: configuration
+            .blob_transfer_timeout
+            .unwrap_or(DEFAULT_BLOB_TRANSFER_TIMEOUT),
+        minimum_transfer_bytes_per_second: configuration
+            .minimum_transfer_bytes_per_second
+            .unwrap_or(DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND),
+        transfer_rate_window: configuration
+            .transfer_rate_window
+            .unwrap_or(DEFAULT_TRANSFER_RATE_WINDOW),
+        maximum_retry_after: configuration
+            .maximum_retry_after
+            .unwrap_or(DEFAULT_MAXIMUM_RETRY_AFTER),
+        allow_private_addresses: configuration.allow_private_addresses,
     }
 }
 
@@ -135,6 +161,30 @@ impl RegistryConfiguration {
         }
         if self.request_timeout.is_zero() {
             return Err("requestTimeout: must be positive".into());
+        }
+        if self.blob_transfer_timeout.is_zero() {
+            return Err("blobTransferTimeout: must be positive".into());
+        }
+        if self.minimum_transfer_bytes_per_second > 0 && self.transfer_rate_window.is_zero() {
+            return Err("transferRateWindow: must be positive".into());
+        }
+        for (i, entry) in self.registries.iter().enumerate() {
+            if let Some(budget) = &entry.request_budget {
+                if !(budget.requests_per_second > 0.0 && budget.requests_per_second.is_finite()) {
+                    return Err(format!(
+                        "registries[{i}].requestBudget.requestsPerSecond: must be positive"
+                    ));
+                }
+                if budget.burst == Some(0) {
+                    return Err(format!(
+                        "registries[{i}].requestBudget.burst: must be at least 1"
+                    ));
+                }
+            }
+            for (j, host) in entry.redirect_hosts.iter().flatten().enumerate() {
+                validate_host(host)
+                    .map_err(|e| format!("registries[{i}].redirectHosts[{j}]: {e}"))?;
+            }
         }
         if self.maximum_retries > 20 {
             return Err(format!(

@@ -666,6 +666,8 @@ mod tests {
             insecure: false,
             credentials: None,
             mirrors: vec![],
+            redirect_hosts: None,
+            request_budget: None,
         });
         let registry = OciRegistry::new(c).unwrap();
         let endpoints = registry
