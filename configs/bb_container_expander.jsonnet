@@ -183,6 +183,40 @@ local common = import 'common.libsonnet';
     // Default: '0.5s'.
     initialRetryDelay: '0.5s',
 
+    // Deadline of a whole blob transfer (a layer or config download), however fast
+    // bytes arrive; beyond it the layer fails with UNAVAILABLE naming image, layer and
+    // registry. Default: '3600s' (a 1 GiB layer passes at 300 KiB/s).
+    blobTransferTimeout: '3600s',
+
+    // A blob transfer averaging less than this many bytes per second over a window of
+    // transferRateWindow fails with UNAVAILABLE (a trickling registry). 0 turns the
+    // check off. Default: 16384.
+    minimumTransferBytesPerSecond: 16384,
+
+    // The window minimumTransferBytesPerSecond is averaged over. Default: '60s'.
+    transferRateWindow: '60s',
+
+    // Longest Retry-After (on HTTP 429 or 503) that is waited for; a longer one fails
+    // the request at once with UNAVAILABLE. Default: '60s'.
+    maximumRetryAfter: '60s',
+
+    // Connect to loopback, link-local (169.254.169.254: cloud metadata) and private
+    // addresses that no registries[] entry lists, when a reference, a redirect or a
+    // token server names them. Default: false. Recommended value: false; list
+    // in-cluster registries instead.
+    allowPrivateAddresses: false,
+
+    // How long an image expansion or layer ingestion goes on once every action waiting
+    // for it has gone (cancelled, deadline passed); then it is abandoned, its slot
+    // freed, and nothing is recorded. Default: '10s'.
+    abandonGracePeriod: '10s',
+
+    // How long a tag resolved before keeps serving its last digest while its registry
+    // is unreachable or answers 5xx/429 (logged, and counted in
+    // tag_resolutions_served_stale_total). '0s' turns it off. Default: '0s'.
+    // Recommended value: '3600s' if builds must go on through registry outages.
+    staleTagGrace: '0s',
+
     // How long a tag (image:1.2) keeps resolving to the digest it resolved to, for
     // the whole fleet: the resolution is recorded in the Action Cache. References
     // pinned by digest never expire. Default: '300s'.
@@ -220,9 +254,15 @@ local common = import 'common.libsonnet';
     // Default: 512 MiB. Recommended value: the defaults, which real images do not reach.
     maximumImageNameBytes: 512 * 1024 * 1024,
 
-    // Layers downloaded and ingested at the same time. Ingestion (decompression and
-    // hashing) is CPU bound. Default: 2. Recommended value: the number of cores.
-    maximumConcurrentLayerIngests: 2,
+    // Layers downloaded and ingested at the same time, across all registries.
+    // Ingestion (decompression and hashing) is CPU bound. Default: 4.
+    // Recommended value: about twice the number of cores.
+    maximumConcurrentLayerIngests: 4,
+
+    // Layers downloaded and ingested at the same time from one registry: below
+    // maximumConcurrentLayerIngests, so that slow layers from one registry leave slots
+    // for the others. Default: 2.
+    maximumConcurrentLayerIngestsPerRegistry: 2,
 
     // Directory where large files of a layer are spooled while they are hashed.
     // Default: the system's temporary directory ($TMPDIR or /tmp).

@@ -42,7 +42,7 @@ pub use limits::MetadataLimits;
 
 mod media_type;
 mod names;
-mod oci_digest;
+pub(crate) mod oci_digest;
 mod readers;
 mod tar_entries;
 mod uploader;

@@ -1,11 +1,13 @@
-//! Turns errors of the `oci-client` crate into `tonic::Status`, and says which are worth a
-//! retry.
+//! Turns what a registry answered (an HTTP status with the OCI error envelope, or a
+//! transport error) into `tonic::Status`, and says which failures are worth a retry.
 //!
 //! | what happened | code | retried |
 //! |---|---|---|
 //! | connection refused/reset, timeout, broken body, 5xx | `UNAVAILABLE` | yes |
-//! | 429 / `TOOMANYREQUESTS` | `UNAVAILABLE` | yes, with a longer delay |
+//! | 429 / `TOOMANYREQUESTS` | `UNAVAILABLE` | yes, after `Retry-After` (at least 2 s without one) |
+//! | `Retry-After` longer than `maximumRetryAfter` | `UNAVAILABLE` | no |
 //! | 401, `UNAUTHORIZED`, `DENIED`, 403, token request refused | `PERMISSION_DENIED` | no |
+//! | an address or redirect the policies refuse | `PERMISSION_DENIED` | no |
 //! | 404, `MANIFEST_UNKNOWN`, `NAME_UNKNOWN`, `BLOB_UNKNOWN` | `NOT_FOUND` | no |
 //! | `NAME_INVALID`, `TAG_INVALID`, `DIGEST_INVALID` | `INVALID_ARGUMENT` | no |
 //! | content does not match its digest | `DATA_LOSS` | no |
@@ -14,16 +16,17 @@
 //! Wrong credentials are `PERMISSION_DENIED`, not `UNAUTHENTICATED`: the credentials are the
 //! service's (from its configuration), and `UNAUTHENTICATED` would tell the REAPI client that
 //! *its* credentials are wrong. Missing images are `NOT_FOUND` (the caller may turn that into
-//! a `FAILED_PRECONDITION` of its own). `oci-client` 0.18 does not expose response headers with
-//! its errors, so a `Retry-After` header cannot be honoured; 429 waits at least 2 s instead.
+//! a `FAILED_PRECONDITION` of its own).
 //!
-//! Messages never hold credentials: `oci-client` puts URLs (without user info) and registry
-//! error bodies in its errors, and the caller scrubs configured secrets on top.
+//! Messages never hold credentials: URLs carry none, error bodies are cut short, and the
+//! caller scrubs configured secrets on top.
 
 use std::time::Duration;
 
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciEnvelope, OciErrorCode};
 use tonic::{Code, Status};
+
+use super::http::address_policy::AddressRefused;
 
 /// A failed attempt, with what the retry loop needs to know.
 #[derive(Debug)]
@@ -56,7 +59,8 @@ impl Failure {
     }
 }
 
-const RATE_LIMIT_DELAY: Duration = Duration::from_secs(2);
+/// The wait after a 429 that says nothing of how long to wait.
+pub(crate) const RATE_LIMIT_DELAY: Duration = Duration::from_secs(2);
 
 /// `error` and its sources, joined with ": ".
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
@@ -73,7 +77,8 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn from_http_status(code: u16, text: String) -> Failure {
+/// The failure an HTTP status means, `text` describing it.
+pub(crate) fn from_http_status(code: u16, text: String) -> Failure {
     match code {
         429 => Failure {
             status: Status::unavailable(format!("Registry is rate limiting (HTTP 429): {text}")),
@@ -96,124 +101,123 @@ fn from_http_status(code: u16, text: String) -> Failure {
     }
 }
 
-/// Classifies an `oci-client` error. `scrub` removes configured secrets from the message.
-pub(crate) fn classify(error: OciDistributionError, scrub: &dyn Fn(&str) -> String) -> Failure {
-    let text = scrub(&error_chain(&error));
-    match &error {
-        OciDistributionError::RequestError(e) => {
-            if let Some(status) = e.status() {
-                return from_http_status(status.as_u16(), text);
-            }
-            // Connecting, sending, reading the body, timeouts, redirects: all transport.
-            Failure::transient(Status::unavailable(format!("Registry is unreachable: {text}")))
-        }
-        OciDistributionError::IoError(_) => {
-            Failure::transient(Status::unavailable(format!("Registry is unreachable: {text}")))
-        }
-        OciDistributionError::ServerError { code, .. } => from_http_status(*code, text),
-        OciDistributionError::UnauthorizedError { .. } => {
-            Failure::permanent(Status::permission_denied(format!(
-                "Registry refused access (HTTP 401); check the credentials configured for it: {text}"
-            )))
-        }
-        OciDistributionError::AuthenticationFailure(_) => {
-            Failure::permanent(Status::permission_denied(format!(
-                "Registry token request failed; check the credentials configured for it: {text}"
-            )))
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
-            if any(&[OciErrorCode::Toomanyrequests]) {
-                from_http_status(429, text)
-            } else if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
-                from_http_status(401, text)
-            } else if any(&[
-                OciErrorCode::ManifestUnknown,
-                OciErrorCode::NameUnknown,
-                OciErrorCode::BlobUnknown,
-                OciErrorCode::NotFound,
-                OciErrorCode::ManifestBlobUnknown,
-            ]) {
-                Failure::permanent(Status::not_found(format!("Not found: {text}")))
-            } else if any(&[
-                OciErrorCode::NameInvalid,
-                OciErrorCode::TagInvalid,
-                OciErrorCode::DigestInvalid,
-            ]) {
-                Failure::permanent(Status::invalid_argument(format!(
-                    "Registry refused the reference: {text}"
-                )))
-            } else {
-                Failure::permanent(Status::failed_precondition(format!(
-                    "Registry error: {text}"
-                )))
-            }
-        }
-        OciDistributionError::DigestError(_) => Failure::permanent(Status::data_loss(format!(
-            "Registry sent content that does not match its digest: {text}"
-        ))),
-        OciDistributionError::UnsupportedMediaTypeError(_)
-        | OciDistributionError::UnsupportedSchemaVersionError(_)
-        | OciDistributionError::ManifestParsingError(_)
-        | OciDistributionError::VersionedParsingError(_)
-        | OciDistributionError::ManifestEncodingError(_)
-        | OciDistributionError::JsonError(_)
-        | OciDistributionError::SpecViolationError(_)
-        | OciDistributionError::RegistryNoDigestError
-        | OciDistributionError::HeaderValueError(_) => Failure::permanent(
-            Status::failed_precondition(format!("Registry response is not usable: {text}")),
-        ),
-        _ => Failure::permanent(Status::new(Code::Unknown, text)),
+/// The code as the registry wrote it (`MANIFEST_UNKNOWN`).
+fn code_name(code: &OciErrorCode) -> String {
+    serde_json::to_string(code)
+        .map(|s| s.trim_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
+/// The failure a non-success answer means: its status, refined by the error codes of the
+/// OCI error envelope in `body` when there is one. `text` names the request.
+pub(crate) fn from_response(code: u16, body: &[u8], text: String) -> Failure {
+    let envelope: Option<OciEnvelope> = serde_json::from_slice(body).ok();
+    let detail = match &envelope {
+        Some(e) => e
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", code_name(&e.code), e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_owned(),
+    };
+    let text = if detail.is_empty() {
+        text
+    } else {
+        format!("{text}: {detail}")
+    };
+    let codes: Vec<&OciErrorCode> = envelope
+        .as_ref()
+        .map(|e| e.errors.iter().map(|e| &e.code).collect())
+        .unwrap_or_default();
+    let any = |wanted: &[OciErrorCode]| codes.iter().any(|c| wanted.contains(c));
+    if (200..300).contains(&code) || codes.is_empty() {
+        return from_http_status(code, text);
     }
+    if any(&[OciErrorCode::Toomanyrequests]) {
+        from_http_status(429, text)
+    } else if any(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]) {
+        from_http_status(if code == 403 { 403 } else { 401 }, text)
+    } else if any(&[
+        OciErrorCode::ManifestUnknown,
+        OciErrorCode::NameUnknown,
+        OciErrorCode::BlobUnknown,
+        OciErrorCode::NotFound,
+        OciErrorCode::ManifestBlobUnknown,
+    ]) {
+        Failure::permanent(Status::not_found(format!("Not found: {text}")))
+    } else if any(&[
+        OciErrorCode::NameInvalid,
+        OciErrorCode::TagInvalid,
+        OciErrorCode::DigestInvalid,
+    ]) {
+        Failure::permanent(Status::invalid_argument(format!(
+            "Registry refused the reference: {text}"
+        )))
+    } else if code >= 500 {
+        from_http_status(code, text)
+    } else {
+        Failure::permanent(Status::failed_precondition(format!(
+            "Registry error: {text}"
+        )))
+    }
+}
+
+/// The failure of a request that got no answer: a refused address is permanent
+/// (`PERMISSION_DENIED`), anything else (connecting, sending, reading, timeouts) is a
+/// transient `UNAVAILABLE`.
+pub(crate) fn from_transport(error: &(dyn std::error::Error + 'static), text: &str) -> Failure {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<AddressRefused>() {
+            return Failure::permanent(Status::permission_denied(format!(
+                "Not connecting to {text}: {refused}"
+            )));
+        }
+        source = e.source();
+    }
+    Failure::transient(Status::new(
+        Code::Unavailable,
+        format!("Registry is unreachable ({text}): {}", error_chain(error)),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_client::errors::OciEnvelope;
 
-    fn no_scrub(s: &str) -> String {
-        s.to_owned()
-    }
-
-    fn envelope(code: &str) -> OciDistributionError {
-        let envelope: OciEnvelope = serde_json::from_value(serde_json::json!({
+    fn envelope(code: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
             "errors": [{"code": code, "message": "m"}]
         }))
-        .unwrap();
-        OciDistributionError::RegistryError {
-            envelope,
-            url: "http://127.0.0.1:1/v2/x/manifests/y".into(),
-        }
+        .unwrap()
     }
 
     #[test]
     fn http_codes() {
-        let server = |code| OciDistributionError::ServerError {
-            code,
-            url: "http://h/v2/".into(),
-            message: "body".into(),
-        };
-        let f = classify(server(503), &no_scrub);
+        let f = from_response(503, b"busy", "GET x".into());
         assert_eq!((f.status.code(), f.retryable), (Code::Unavailable, true));
-        let f = classify(server(429), &no_scrub);
+        assert!(
+            f.status.message().contains("busy"),
+            "{}",
+            f.status.message()
+        );
+        let f = from_response(429, b"", "GET x".into());
         assert_eq!((f.status.code(), f.retryable), (Code::Unavailable, true));
         assert!(f.minimum_delay >= Duration::from_secs(1));
-        let f = classify(server(404), &no_scrub);
+        let f = from_response(404, b"", "GET x".into());
         assert_eq!((f.status.code(), f.retryable), (Code::NotFound, false));
-        let f = classify(server(403), &no_scrub);
+        let f = from_response(403, b"", "GET x".into());
         assert_eq!(f.status.code(), Code::PermissionDenied);
-        let f = classify(server(400), &no_scrub);
-        assert_eq!(f.status.code(), Code::FailedPrecondition);
-        let f = classify(
-            OciDistributionError::UnauthorizedError { url: "u".into() },
-            &no_scrub,
-        );
+        let f = from_response(401, b"", "GET x".into());
         assert_eq!(
             (f.status.code(), f.retryable),
             (Code::PermissionDenied, false)
         );
+        let f = from_response(400, b"", "GET x".into());
+        assert_eq!(f.status.code(), Code::FailedPrecondition);
     }
 
     #[test]
@@ -228,29 +232,23 @@ mod tests {
             ("TAG_INVALID", Code::InvalidArgument),
             ("SOMETHING_NEW", Code::FailedPrecondition),
         ] {
-            assert_eq!(
-                classify(envelope(code), &no_scrub).status.code(),
-                want,
-                "{code}"
-            );
+            let f = from_response(400, &envelope(code), "GET x".into());
+            assert_eq!(f.status.code(), want, "{code}");
+            assert!(f.status.message().contains(code), "{}", f.status.message());
         }
     }
 
     #[test]
-    fn scrubbing_applies() {
-        let e = OciDistributionError::AuthenticationFailure("password s3cret rejected".into());
-        let f = classify(e, &|s: &str| s.replace("s3cret", "<redacted>"));
-        assert!(!f.status.message().contains("s3cret"));
-        assert_eq!(f.status.code(), Code::PermissionDenied);
-    }
-
-    #[test]
-    fn io_errors_are_transient() {
-        let e = OciDistributionError::IoError(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
-        ));
-        let f = classify(e, &no_scrub);
+    fn transport_errors() {
+        let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let f = from_transport(&e, "GET http://h/v2/");
         assert_eq!((f.status.code(), f.retryable), (Code::Unavailable, true));
+        let e = std::io::Error::other(AddressRefused("10.0.0.1 is private".into()));
+        let f = from_transport(&e, "GET http://10.0.0.1/v2/");
+        assert_eq!(
+            (f.status.code(), f.retryable),
+            (Code::PermissionDenied, false)
+        );
+        assert!(f.status.message().contains("10.0.0.1 is private"));
     }
 }

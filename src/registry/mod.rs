@@ -24,7 +24,9 @@
 pub mod configuration;
 pub mod credentials;
 pub mod errors;
+pub(crate) mod http;
 pub mod manifest;
+pub(crate) mod metrics;
 pub(crate) mod oci_registry;
 pub mod platform;
 pub mod reference;

@@ -1,24 +1,17 @@
-//! [`Registry`] on the `oci-client` crate (0.18).
-//!
-//! Facts about `oci-client` this relies on (read from its source):
-//! - the scheme is chosen per host by `ClientProtocol`; we keep two clients, one plain-HTTP
-//!   (loopback and `insecure` hosts) and one HTTPS, so hosts allowed by `allowAnyRegistry`
-//!   need not be known in advance;
-//! - credentials are stored per registry on first use (`store_auth_if_needed`), and a bearer
-//!   token is fetched when the registry's `/v2/` answers with a `Bearer` challenge; a basic
-//!   challenge uses the credentials directly. A failed token request is swallowed and the
-//!   request goes out anonymously, so it surfaces as HTTP 401 (`PERMISSION_DENIED`);
-//! - `pull_manifest_raw` sends our `Accept` list, checks the body against the
-//!   `Docker-Content-Digest` header and the reference's digest, but does not return the
-//!   `Content-Type` header (see [`super::manifest`] for how documents are classified);
-//! - `pull_blob_stream` verifies the digest when the stream ends and would try descriptor
-//!   `urls` if the registry fails; we pass bare digests, so `urls` are never followed
-//!   (docs/design/layers.md#manifests-and-configs);
-//! - `read_timeout` bounds each wait for bytes, `connect_timeout` each connection.
+//! [`Registry`] over the distribution protocol, on the HTTP layer of [`super::http`].
 //!
 //! Mirrors are tried in order before the registry itself; a mirror that fails (not found,
 //! unavailable, refused) passes the request on. Requests to a mirror carry `?ns=<registry>`
-//! (containerd's convention; Distribution ignores it).
+//! (containerd's convention; Distribution ignores it). Docker Hub (`docker.io`) is contacted
+//! at `registry-1.docker.io`.
+//!
+//! Every document is checked before it is used: manifests and indexes are read with a
+//! size limit ([`MAXIMUM_MANIFEST_SIZE`]) and verified against the digest that named them
+//! (or the registry's `Docker-Content-Digest`); the image config is read with its
+//! descriptor's size as the limit ([`MAXIMUM_CONFIG_SIZE`] at most) and verified; a layer
+//! blob streams through [`BlobStream`] (size and digest) and
+//! [`LimitedStream`](super::http::transfer_limits::LimitedStream) (transfer deadline and
+//! minimum rate). Descriptor `urls` are never followed (docs/design/layers.md#manifests-and-configs).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,37 +20,42 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::{BoxStream, Stream, StreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::DigestError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+use reqwest::Method;
 use tonic::{Code, Status};
 use tracing::warn;
 
 use super::configuration::{is_loopback_host, normalize_host, RegistryConfiguration};
 use super::credentials::{self, Secrets};
-use super::errors::{classify, error_chain, Failure};
+use super::errors::{error_chain, Failure};
+use super::http::bounded_body::read_bounded;
+use super::http::distribution_client::{DistributionClient, Target};
+use super::http::transfer_limits::{LimitedStream, TransferLimits};
 use super::manifest::{
     check_config_descriptor, parse_config, parse_manifest, Descriptor, Manifest,
     ACCEPTED_MANIFEST_MEDIA_TYPES,
 };
+use super::metrics;
 use super::platform::{select_manifest, Platform};
 use super::reference::{validate_digest, Reference};
 use super::retry::RetryPolicy;
 use super::{ImageMetadata, Registry};
 use crate::blobstore::ChunkStream;
+use crate::layer::oci_digest::{OciDigest, OciHasher};
 use crate::layer::LayerDescriptor;
 use crate::status::StatusContext;
 
-const USER_AGENT: &str = concat!("bb-container-expander/", env!("CARGO_PKG_VERSION"));
-/// Manifests and indexes larger than this are refused (containerd uses the same bound).
-const MAXIMUM_MANIFEST_SIZE: usize = 4 << 20;
-/// Image configs larger than this are refused.
-const MAXIMUM_CONFIG_SIZE: i64 = 16 << 20;
+/// Manifests and indexes larger than this are refused, from `Content-Length` before the
+/// body is read, or as soon as more arrived (containerd uses the same bound).
+pub(crate) const MAXIMUM_MANIFEST_SIZE: u64 = 4 << 20;
+/// Image configs larger than this are refused, from their descriptor before any request.
+pub(crate) const MAXIMUM_CONFIG_SIZE: i64 = 16 << 20;
 /// How deep indexes may nest.
 const MAXIMUM_INDEX_DEPTH: usize = 4;
+/// The header registries name a manifest's digest in.
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// How one host is contacted.
 #[derive(Clone, Debug)]
@@ -76,15 +74,30 @@ struct Endpoint {
     settings: HostSettings,
 }
 
-/// Registry access through `oci-client`, configured by [`RegistryConfiguration`].
+impl Endpoint {
+    fn target<'a>(&'a self, reference: &'a Reference) -> Target<'a> {
+        Target {
+            host: if self.host == "docker.io" {
+                "registry-1.docker.io"
+            } else {
+                &self.host
+            },
+            plain_http: self.settings.plain_http,
+            credentials: &self.settings.auth,
+            repository: reference.repository(),
+            namespace: self.mirror_of.as_deref(),
+        }
+    }
+}
+
+/// Registry access over the distribution protocol, configured by [`RegistryConfiguration`].
 pub struct OciRegistry {
     configuration: RegistryConfiguration,
     /// Settings of every host listed in `registries[].hosts`, by normalised host.
     hosts: HashMap<String, HostSettings>,
-    http_client: Client,
-    https_client: Client,
+    client: DistributionClient,
     retry: RetryPolicy,
-    secrets: Arc<Secrets>,
+    transfer: TransferLimits,
 }
 
 impl std::fmt::Debug for OciRegistry {
@@ -96,24 +109,30 @@ impl std::fmt::Debug for OciRegistry {
     }
 }
 
-fn new_client(
-    protocol: ClientProtocol,
-    configuration: &RegistryConfiguration,
-) -> Result<Client, Status> {
-    Client::try_from(ClientConfig {
-        protocol,
-        platform_resolver: None,
-        read_timeout: Some(configuration.request_timeout),
-        connect_timeout: Some(configuration.request_timeout),
-        user_agent: USER_AGENT,
-        ..ClientConfig::default()
-    })
-    .map_err(|e| Status::internal(format!("Failed to create registry HTTP client: {e}")))
+/// The digest of `body` with the algorithm of `like`.
+fn digest_like(like: &OciDigest, body: &[u8]) -> OciDigest {
+    let mut hasher = like.hasher();
+    hasher.update(body);
+    hasher.finish()
+}
+
+/// Checks that `body` has digest `expected` (`DATA_LOSS` if not).
+fn verify(what: &str, expected: &str, body: &[u8]) -> Result<(), Status> {
+    let parsed = OciDigest::parse(expected).map_err(|e| {
+        Status::failed_precondition(format!("{what}: unusable digest: {}", e.message()))
+    })?;
+    let actual = digest_like(&parsed, body);
+    if actual != parsed {
+        return Err(Status::data_loss(format!(
+            "{what} does not match its digest: expected {expected}, got {actual}"
+        )));
+    }
+    Ok(())
 }
 
 impl OciRegistry {
     /// Validates `configuration`, reads the credentials it names (Docker config files are
-    /// read now, once) and creates the HTTP clients. Configuration errors are
+    /// read now, once) and creates the HTTP client. Configuration errors are
     /// `INVALID_ARGUMENT`.
     pub fn new(configuration: RegistryConfiguration) -> Result<Self, Status> {
         configuration.validate().map_err(|e| {
@@ -137,16 +156,19 @@ impl OciRegistry {
             }
         }
         Ok(Self {
-            http_client: new_client(ClientProtocol::Http, &configuration)?,
-            https_client: new_client(ClientProtocol::Https, &configuration)?,
+            client: DistributionClient::new(&configuration, Arc::new(secrets))?,
             retry: RetryPolicy {
                 maximum_retries: configuration.maximum_retries,
                 initial_delay: configuration.initial_retry_delay,
                 request_timeout: configuration.request_timeout,
             },
+            transfer: TransferLimits {
+                timeout: configuration.blob_transfer_timeout,
+                minimum_bytes_per_second: configuration.minimum_transfer_bytes_per_second,
+                window: configuration.transfer_rate_window,
+            },
             configuration,
             hosts,
-            secrets: Arc::new(secrets),
         })
     }
 
@@ -192,26 +214,6 @@ impl OciRegistry {
         Ok(endpoints)
     }
 
-    fn client(&self, endpoint: &Endpoint) -> &Client {
-        if endpoint.settings.plain_http {
-            &self.http_client
-        } else {
-            &self.https_client
-        }
-    }
-
-    fn oci_reference(endpoint: &Endpoint, reference: &Reference) -> oci_client::Reference {
-        let mut r = reference.to_oci();
-        if endpoint.mirror_of.is_some() {
-            r.set_mirror_registry(endpoint.host.clone());
-        }
-        r
-    }
-
-    fn classify(&self, error: oci_client::errors::OciDistributionError) -> Failure {
-        classify(error, &|s: &str| self.secrets.scrub(s))
-    }
-
     /// Runs `attempt` against each endpoint in turn until one succeeds or fails with an
     /// error a later endpoint cannot fix.
     async fn first_success<'a, T, F, Fut>(
@@ -240,52 +242,91 @@ impl OciRegistry {
         unreachable!("endpoints always holds the registry itself")
     }
 
+    /// The tag or digest a manifest request names.
+    fn manifest_path(reference: &Reference) -> String {
+        match (reference.digest(), reference.tag()) {
+            (Some(digest), _) => format!("manifests/{digest}"),
+            (None, Some(tag)) => format!("manifests/{tag}"),
+            (None, None) => "manifests/latest".to_owned(),
+        }
+    }
+
     async fn resolve_at(
         &self,
         endpoint: &Endpoint,
         reference: &Reference,
     ) -> Result<String, Status> {
-        let oci_ref = &Self::oci_reference(endpoint, reference);
-        let client = self.client(endpoint);
-        let auth = &endpoint.settings.auth;
-        let digest = self
+        let target = endpoint.target(reference);
+        let path = Self::manifest_path(reference);
+        let accept = ACCEPTED_MANIFEST_MEDIA_TYPES.join(", ");
+        let header = self
             .retry
-            .run("resolve", || async move {
-                client
-                    .fetch_manifest_digest(oci_ref, auth)
-                    .await
-                    .map_err(|e| self.classify(e))
+            .run("resolve", || async {
+                let response = self
+                    .client
+                    .send(&target, Method::HEAD, &path, Some(&accept), "manifest")
+                    .await?;
+                Ok(response
+                    .headers()
+                    .get(DOCKER_CONTENT_DIGEST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned))
             })
             .await?;
+        let digest = match header {
+            Some(digest) => digest,
+            // No digest header: the digest of the manifest itself.
+            None => self.pull_manifest(&target, &path).await?.1,
+        };
         validate_digest(&digest).map_err(|reason| {
             Status::failed_precondition(format!("Registry returned an unusable digest: {reason}"))
         })?;
         Ok(digest)
     }
 
-    /// Fetches one manifest or index; returns its bytes and digest.
+    /// Fetches one manifest or index at `path` (`manifests/<tag or digest>`); returns its
+    /// bytes and digest, verified.
     async fn pull_manifest(
         &self,
-        endpoint: &Endpoint,
-        oci_ref: &oci_client::Reference,
+        target: &Target<'_>,
+        path: &str,
     ) -> Result<(Bytes, String), Status> {
-        let client = self.client(endpoint);
-        let auth = &endpoint.settings.auth;
-        let (body, digest) = self
+        let accept = ACCEPTED_MANIFEST_MEDIA_TYPES.join(", ");
+        let what = format!("Manifest {path} from {}", target.host);
+        let (body, header) = self
             .retry
-            .run("manifest", || async move {
-                client
-                    .pull_manifest_raw(oci_ref, auth, ACCEPTED_MANIFEST_MEDIA_TYPES)
+            .run("manifest", || async {
+                let response = self
+                    .client
+                    .send(target, Method::GET, path, Some(&accept), "manifest")
+                    .await?;
+                let header = response
+                    .headers()
+                    .get(DOCKER_CONTENT_DIGEST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = read_bounded(response, MAXIMUM_MANIFEST_SIZE, &what)
                     .await
-                    .map_err(|e| self.classify(e))
+                    .inspect_err(|f| {
+                        if f.status.code() == Code::FailedPrecondition {
+                            metrics::refused(target.host, "too_large");
+                        }
+                    })?;
+                Ok((body, header))
             })
             .await?;
-        if body.len() > MAXIMUM_MANIFEST_SIZE {
-            return Err(Status::failed_precondition(format!(
-                "Manifest {digest} is {} bytes, more than the limit of {MAXIMUM_MANIFEST_SIZE}",
-                body.len()
-            )));
-        }
+        let named = path.strip_prefix("manifests/").unwrap_or(path);
+        let digest = if named.contains(':') {
+            verify(&what, named, &body)?;
+            named.to_owned()
+        } else if let Some(header) = header {
+            verify(&what, &header, &body)?;
+            header
+        } else {
+            let mut hasher = OciHasher::Sha256(Default::default());
+            hasher.update(&body);
+            hasher.finish().to_string()
+        };
         Ok((body, digest))
     }
 
@@ -295,8 +336,10 @@ impl OciRegistry {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<ImageMetadata, Status> {
-        let mut oci_ref = Self::oci_reference(endpoint, reference);
-        let (mut body, mut digest) = self.pull_manifest(endpoint, &oci_ref).await?;
+        let target = endpoint.target(reference);
+        let (mut body, mut digest) = self
+            .pull_manifest(&target, &Self::manifest_path(reference))
+            .await?;
         let mut declared: Option<String> = None;
         let mut index_digest: Option<String> = None;
         let mut depth = 0;
@@ -319,8 +362,16 @@ impl OciRegistry {
                     validate_digest(&child.digest).map_err(|reason| {
                         Status::failed_precondition(format!("Index {digest}: {reason}"))
                     })?;
-                    oci_ref = oci_ref.clone_with_digest(child.digest.clone());
-                    (body, digest) = self.pull_manifest(endpoint, &oci_ref).await?;
+                    if child.size < 0 || child.size as u64 > MAXIMUM_MANIFEST_SIZE {
+                        return Err(Status::failed_precondition(format!(
+                            "Index {digest}: manifest {} is {} bytes, more than the limit \
+                             of {MAXIMUM_MANIFEST_SIZE}",
+                            child.digest, child.size
+                        )));
+                    }
+                    (body, digest) = self
+                        .pull_manifest(&target, &format!("manifests/{}", child.digest))
+                        .await?;
                     if body.len() as i64 != child.size {
                         return Err(Status::data_loss(format!(
                             "Manifest {digest} is {} bytes, its index entry says {}",
@@ -341,7 +392,7 @@ impl OciRegistry {
                 )));
             }
             let config = self
-                .fetch_small_blob(endpoint, &oci_ref, &manifest.config)
+                .fetch_small_blob(&target, &manifest.config)
                 .await
                 .context_with(|| {
                     format!("Failed to fetch image config {}", manifest.config.digest)
@@ -376,55 +427,56 @@ impl OciRegistry {
     /// Opens a blob stream (one attempt): checks the announced length against `size`.
     async fn open_blob(
         &self,
-        endpoint: &Endpoint,
-        oci_ref: &oci_client::Reference,
+        target: &Target<'_>,
         digest: &str,
         size: i64,
-    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, Failure> {
-        let client = self.client(endpoint);
-        client
-            .store_auth_if_needed(oci_ref.resolve_registry(), &endpoint.settings.auth)
-            .await;
-        let sized = client
-            .pull_blob_stream(oci_ref, digest)
-            .await
-            .map_err(|e| self.classify(e))?;
-        if let Some(length) = sized.content_length {
+    ) -> Result<reqwest::Response, Failure> {
+        let response = self
+            .client
+            .send(
+                target,
+                Method::GET,
+                &format!("blobs/{digest}"),
+                None,
+                "blob",
+            )
+            .await?;
+        if let Some(length) = response.content_length() {
             if length != size as u64 {
                 return Err(Failure::permanent(Status::data_loss(format!(
                     "Registry announced {length} bytes for blob {digest}, its descriptor says {size}"
                 ))));
             }
         }
-        Ok(sized.stream)
+        Ok(response)
     }
 
-    /// Fetches a small blob (the config) whole, retrying the whole download.
+    /// Fetches a small blob (the config) whole, retrying the whole download; its
+    /// descriptor's size is the read limit.
     async fn fetch_small_blob(
         &self,
-        endpoint: &Endpoint,
-        oci_ref: &oci_client::Reference,
+        target: &Target<'_>,
         descriptor: &Descriptor,
     ) -> Result<Bytes, Status> {
-        self.retry
-            .run("config", || async move {
-                let stream = self
-                    .open_blob(endpoint, oci_ref, &descriptor.digest, descriptor.size)
+        let what = format!("Blob {} from {}", descriptor.digest, target.host);
+        let body = self
+            .retry
+            .run("config", || async {
+                let response = self
+                    .open_blob(target, &descriptor.digest, descriptor.size)
                     .await?;
-                let mut stream = BlobStream::new(stream, &descriptor.digest, descriptor.size);
-                let mut buffer = BytesMut::with_capacity(descriptor.size.max(0) as usize);
-                while let Some(chunk) = stream.next().await {
-                    match chunk {
-                        Ok(chunk) => buffer.extend_from_slice(&chunk),
-                        Err(status) if status.code() == Code::Unavailable => {
-                            return Err(Failure::transient(status))
-                        }
-                        Err(status) => return Err(Failure::permanent(status)),
-                    }
-                }
-                Ok(buffer.freeze())
+                read_bounded(response, descriptor.size.max(0) as u64, &what).await
             })
-            .await
+            .await?;
+        if body.len() as i64 != descriptor.size {
+            return Err(Status::data_loss(format!(
+                "{what} has {} bytes, its descriptor says {}",
+                body.len(),
+                descriptor.size
+            )));
+        }
+        verify(&what, &descriptor.digest, &body)?;
+        Ok(body)
     }
 
     async fn fetch_blob_at(
@@ -433,19 +485,42 @@ impl OciRegistry {
         reference: &Reference,
         layer: &LayerDescriptor,
     ) -> Result<ChunkStream, Status> {
-        let oci_ref = &Self::oci_reference(endpoint, reference);
-        let stream = self
+        let target = endpoint.target(reference);
+        let response = self
             .retry
             .run("blob", || {
-                self.open_blob(endpoint, oci_ref, &layer.digest, layer.size)
+                self.open_blob(&target, &layer.digest, layer.size)
             })
             .await?;
         let context = format!(
             "Failed to fetch layer {} of image {reference}",
             layer.digest
         );
-        Ok(BlobStream::new(stream, &layer.digest, layer.size)
-            .map(move |chunk| chunk.map_err(|status| crate::status::wrap(status, &context)))
+        let registry = target.host.to_owned();
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other))
+            .boxed();
+        let verified = BlobStream::new(body, &layer.digest, layer.size)?;
+        let limited = LimitedStream::new(
+            verified,
+            self.transfer,
+            format!("blob {} from {registry}", layer.digest),
+        );
+        Ok(limited
+            .map(move |chunk| {
+                chunk.map_err(|status| {
+                    if status.message().starts_with("Transfer of ") {
+                        let reason = if status.message().contains("too slow") {
+                            "transfer_rate"
+                        } else {
+                            "transfer_timeout"
+                        };
+                        metrics::refused(&registry, reason);
+                    }
+                    crate::status::wrap(status, &context)
+                })
+            })
             .boxed())
     }
 }
@@ -527,50 +602,39 @@ impl Registry for OciRegistry {
     }
 }
 
-/// A blob body as it arrives: held to its descriptor's size, errors as `Status`.
+/// A blob body as it arrives: held to its descriptor's size and verified against its
+/// digest when it ends; errors as `Status`.
 struct BlobStream {
     inner: BoxStream<'static, std::io::Result<Bytes>>,
     digest: String,
+    hasher: Option<OciHasher>,
+    expected_digest: OciDigest,
     expected: u64,
     received: u64,
     finished: bool,
 }
 
 impl BlobStream {
-    fn new(inner: BoxStream<'static, std::io::Result<Bytes>>, digest: &str, size: i64) -> Self {
-        Self {
+    fn new(
+        inner: BoxStream<'static, std::io::Result<Bytes>>,
+        digest: &str,
+        size: i64,
+    ) -> Result<Self, Status> {
+        let expected_digest = OciDigest::parse(digest)?;
+        Ok(Self {
             inner,
             digest: digest.to_owned(),
+            hasher: Some(expected_digest.hasher()),
+            expected_digest,
             expected: size.max(0) as u64,
             received: 0,
             finished: false,
-        }
+        })
     }
 
-    fn error(&self, error: std::io::Error) -> Status {
-        let digest_mismatch = error
-            .get_ref()
-            .is_some_and(|e| e.downcast_ref::<DigestError>().is_some());
-        if digest_mismatch && self.received >= self.expected {
-            Status::data_loss(format!(
-                "Blob {} does not match its digest: {}",
-                self.digest,
-                error_chain(&error)
-            ))
-        } else if digest_mismatch {
-            Status::unavailable(format!(
-                "Blob {} ended after {} of {} bytes",
-                self.digest, self.received, self.expected
-            ))
-        } else {
-            Status::unavailable(format!(
-                "Connection to the registry broke after {} of {} bytes of blob {}: {}",
-                self.received,
-                self.expected,
-                self.digest,
-                error_chain(&error)
-            ))
-        }
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Bytes, Status>>> {
+        self.finished = true;
+        Poll::Ready(Some(Err(status)))
     }
 }
 
@@ -587,24 +651,42 @@ impl Stream for BlobStream {
             Poll::Ready(Some(Ok(chunk))) => {
                 this.received += chunk.len() as u64;
                 if this.received > this.expected {
-                    this.finished = true;
-                    return Poll::Ready(Some(Err(Status::data_loss(format!(
+                    let status = Status::data_loss(format!(
                         "Blob {} is larger than the {} bytes its descriptor says",
                         this.digest, this.expected
-                    )))));
+                    ));
+                    return this.fail(status);
+                }
+                if let Some(hasher) = this.hasher.as_mut() {
+                    hasher.update(&chunk);
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(error))) => {
-                this.finished = true;
-                Poll::Ready(Some(Err(this.error(error))))
+                let status = Status::unavailable(format!(
+                    "Connection to the registry broke after {} of {} bytes of blob {}: {}",
+                    this.received,
+                    this.expected,
+                    this.digest,
+                    error_chain(&error)
+                ));
+                this.fail(status)
             }
             Poll::Ready(None) => {
-                this.finished = true;
                 if this.received != this.expected {
-                    return Poll::Ready(Some(Err(Status::data_loss(format!(
-                        "Blob {} has {} bytes, its descriptor says {}",
+                    let status = Status::unavailable(format!(
+                        "Blob {} ended after {} of {} bytes",
                         this.digest, this.received, this.expected
+                    ));
+                    return this.fail(status);
+                }
+                this.finished = true;
+                let actual = this.hasher.take().map(OciHasher::finish);
+                if actual.as_ref() != Some(&this.expected_digest) {
+                    return Poll::Ready(Some(Err(Status::data_loss(format!(
+                        "Blob {} does not match its digest: its content has digest {}",
+                        this.digest,
+                        actual.map(|d| d.to_string()).unwrap_or_default()
                     )))));
                 }
                 Poll::Ready(None)
@@ -691,10 +773,13 @@ mod tests {
                 ("docker.io", false, false)
             ]
         );
-        let mirror_ref =
-            OciRegistry::oci_reference(&endpoints[0], &Reference::parse("debian").unwrap());
-        assert_eq!(mirror_ref.resolve_registry(), "127.0.0.1:5555");
-        assert_eq!(mirror_ref.namespace(), Some("docker.io"));
+        let debian = Reference::parse("debian").unwrap();
+        let mirror = endpoints[0].target(&debian);
+        assert_eq!(mirror.host, "127.0.0.1:5555");
+        assert_eq!(mirror.namespace, Some("docker.io"));
+        assert_eq!(mirror.repository, "library/debian");
+        // Docker Hub itself is contacted at its API host.
+        assert_eq!(endpoints[2].target(&debian).host, "registry-1.docker.io");
         // allowAnyRegistry: unlisted hosts are anonymous, plain HTTP only on loopback.
         let e = registry
             .endpoints(&Reference::parse("localhost:1/x").unwrap())
@@ -722,20 +807,31 @@ mod tests {
         futures::stream::iter(parts.into_iter().map(|p| p.map(Bytes::from_static))).boxed()
     }
 
+    fn sha256(data: &[u8]) -> String {
+        let mut h = OciHasher::Sha256(Default::default());
+        h.update(data);
+        h.finish().to_string()
+    }
+
     #[tokio::test]
-    async fn blob_stream_checks_size() {
-        let ok = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"c")]), "sha256:x", 3);
+    async fn blob_stream_checks_size_and_digest() {
+        let abc = sha256(b"abc");
+        let ok = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"c")]), &abc, 3).unwrap();
         let data: Vec<Bytes> = ok.try_collect().await.unwrap();
         assert_eq!(data.concat(), b"abc");
 
-        let long = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"cd")]), "sha256:x", 3);
+        let long = BlobStream::new(chunks(vec![Ok(b"ab"), Ok(b"cd")]), &abc, 3).unwrap();
         let err = long.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.code(), Code::DataLoss);
 
-        let short = BlobStream::new(chunks(vec![Ok(b"ab")]), "sha256:x", 3);
-        assert_eq!(
-            short.try_collect::<Vec<_>>().await.unwrap_err().code(),
-            Code::DataLoss
+        // Ending early is a broken transfer, worth another attempt.
+        let short = BlobStream::new(chunks(vec![Ok(b"ab")]), &abc, 3).unwrap();
+        let err = short.try_collect::<Vec<_>>().await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(
+            err.message().contains("ended after 2 of 3 bytes"),
+            "{}",
+            err.message()
         );
 
         let broken = BlobStream::new(
@@ -746,9 +842,10 @@ mod tests {
                     "reset by peer",
                 )),
             ]),
-            "sha256:x",
+            &abc,
             3,
-        );
+        )
+        .unwrap();
         let err = broken.try_collect::<Vec<_>>().await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
         assert!(
@@ -757,36 +854,20 @@ mod tests {
             err.message()
         );
 
-        let truncated = BlobStream::new(
-            chunks(vec![
-                Ok(b"a"),
-                Err(std::io::Error::other(DigestError::VerificationError {
-                    expected: "sha256:x".into(),
-                    actual: "sha256:y".into(),
-                })),
-            ]),
-            "sha256:x",
-            3,
-        );
-        assert_eq!(
-            truncated.try_collect::<Vec<_>>().await.unwrap_err().code(),
-            Code::Unavailable
+        let corrupt = BlobStream::new(chunks(vec![Ok(b"abd")]), &abc, 3).unwrap();
+        let err = corrupt.try_collect::<Vec<_>>().await.unwrap_err();
+        assert_eq!(err.code(), Code::DataLoss);
+        assert!(
+            err.message().contains("does not match its digest"),
+            "{}",
+            err.message()
         );
 
-        let corrupt = BlobStream::new(
-            chunks(vec![
-                Ok(b"abc"),
-                Err(std::io::Error::other(DigestError::VerificationError {
-                    expected: "sha256:x".into(),
-                    actual: "sha256:y".into(),
-                })),
-            ]),
-            "sha256:x",
-            3,
-        );
         assert_eq!(
-            corrupt.try_collect::<Vec<_>>().await.unwrap_err().code(),
-            Code::DataLoss
+            BlobStream::new(chunks(vec![]), "md5:00", 0)
+                .err()
+                .map(|e| e.code()),
+            Some(Code::InvalidArgument)
         );
     }
 }

@@ -76,28 +76,6 @@ impl Reference {
             ..self.clone()
         })
     }
-
-    /// The reference in the form the `oci-client` crate takes.
-    pub(crate) fn to_oci(&self) -> oci_client::Reference {
-        match (&self.tag, &self.digest) {
-            (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
-                self.registry.clone(),
-                self.repository.clone(),
-                tag.clone(),
-                digest.clone(),
-            ),
-            (_, Some(digest)) => oci_client::Reference::with_digest(
-                self.registry.clone(),
-                self.repository.clone(),
-                digest.clone(),
-            ),
-            (tag, None) => oci_client::Reference::with_tag(
-                self.registry.clone(),
-                self.repository.clone(),
-                tag.clone().unwrap_or_else(|| DEFAULT_TAG.to_owned()),
-            ),
-        }
-    }
 }
 
 impl FromStr for Reference {
@@ -432,9 +410,6 @@ mod tests {
             both.to_string(),
             format!("docker://host.example/repo:v2@{D}")
         );
-        let oci = both.to_oci();
-        assert_eq!(oci.digest(), Some(D));
-        assert_eq!(oci.tag(), Some("v2"));
 
         let pinned = Reference::parse("host.example/repo:v1")
             .unwrap()
