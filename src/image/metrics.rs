@@ -1,5 +1,6 @@
 //! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
-//! step, and bytes pulled from each registry.
+//! step, bytes pulled from each registry, and shared work abandoned because nobody waited
+//! for it any more.
 
 use prometheus::{HistogramVec, IntCounterVec};
 use std::sync::LazyLock;
@@ -116,6 +117,32 @@ static RECORD_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     prometheus::register(Box::new(c.clone())).expect("metric registered once");
     c
 });
+
+static ABANDONED_WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "abandoned_work_total",
+            "Shared computations aborted because nobody waited for them any more for \
+             abandonGracePeriod, by stage (image, layer, tag).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["stage"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts a shared computation of `stage` aborted because nobody waited for it.
+pub(crate) fn abandoned(stage: &str) {
+    ABANDONED_WORK.with_label_values(&[stage]).inc();
+}
+
+#[cfg(test)]
+pub(crate) fn abandoned_count(stage: &str) -> u64 {
+    ABANDONED_WORK.with_label_values(&[stage]).get()
+}
 
 /// Counts a record found in the Action Cache but not used.
 pub(crate) fn record_rejected(step: &str, reason: &str) {

@@ -18,6 +18,7 @@ use super::fake_action::{put_blob, read_record, write_record, FakeAction, Step};
 use super::metrics;
 use super::single_flight::SingleFlight;
 use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
+use crate::config::container_images::DEFAULT_ABANDON_GRACE_PERIOD;
 use crate::registry::{Reference, Registry};
 use crate::util::bounded_cache::BoundedCache;
 use bytes::Bytes;
@@ -64,7 +65,16 @@ impl TagResolver {
             ac,
             ttl,
             local: Arc::new(Mutex::new(BoundedCache::with_max_entries(LOCAL_TAGS))),
-            flights: Default::default(),
+            flights: SingleFlight::new("tag", DEFAULT_ABANDON_GRACE_PERIOD),
+        }
+    }
+
+    /// Abandons a registry resolution once nobody waited for it for `grace` (default:
+    /// [`DEFAULT_ABANDON_GRACE_PERIOD`]).
+    pub fn abandoning_after(self, grace: Duration) -> Self {
+        Self {
+            flights: SingleFlight::new("tag", grace),
+            ..self
         }
     }
 
