@@ -213,6 +213,7 @@ fn new_layer_source(
                 registry.clone(),
                 ingester,
                 options.maximum_concurrent_layer_ingests,
+                options.maximum_concurrent_layer_ingests_per_registry,
                 options.layer_retries,
             )),
     )

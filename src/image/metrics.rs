@@ -1,8 +1,8 @@
 //! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
-//! step, bytes pulled from each registry, and shared work abandoned because nobody waited
-//! for it any more.
+//! step, bytes pulled from each registry, and how the engine copes with slow or failing
+//! registries (work abandoned, layer ingestions in progress per registry).
 
-use prometheus::{HistogramVec, IntCounterVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
 static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -134,6 +134,22 @@ static ABANDONED_WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
     c
 });
 
+static LAYER_INGESTS_IN_PROGRESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        prometheus::Opts::new(
+            "layer_ingests_in_progress",
+            "Layers being downloaded and ingested, by registry (holding both their \
+             registry's and a global slot).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["registry"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(g.clone())).expect("metric registered once");
+    g
+});
+
 /// Counts a shared computation of `stage` aborted because nobody waited for it.
 pub(crate) fn abandoned(stage: &str) {
     ABANDONED_WORK.with_label_values(&[stage]).inc();
@@ -142,6 +158,20 @@ pub(crate) fn abandoned(stage: &str) {
 #[cfg(test)]
 pub(crate) fn abandoned_count(stage: &str) -> u64 {
     ABANDONED_WORK.with_label_values(&[stage]).get()
+}
+
+/// Moves the number of layers being ingested from `registry` by `delta`.
+pub(crate) fn layer_ingests_in_progress(registry: &str, delta: i64) {
+    LAYER_INGESTS_IN_PROGRESS
+        .with_label_values(&[registry])
+        .add(delta);
+}
+
+#[cfg(test)]
+pub(crate) fn layer_ingests_in_progress_now(registry: &str) -> i64 {
+    LAYER_INGESTS_IN_PROGRESS
+        .with_label_values(&[registry])
+        .get()
 }
 
 /// Counts a record found in the Action Cache but not used.
