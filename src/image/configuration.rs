@@ -130,7 +130,8 @@ pub fn new_image_expander(
     let chains = new_chain_source(&cas, &ac, &checked, layers, &options);
     let images = new_image_source(&registry, &cas, &ac, &checked, chains, &options);
     let tags = TagResolver::new(registry.clone(), cas.clone(), ac.clone(), options.tag_ttl)
-        .abandoning_after(options.abandon_grace_period);
+        .abandoning_after(options.abandon_grace_period)
+        .serving_stale_for(options.stale_tag_grace);
     ImageExpander::from_parts(ExpanderParts {
         registry,
         cas,

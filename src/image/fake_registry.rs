@@ -1,7 +1,7 @@
-//! Test support: a fake [`Registry`] for the engine's unit tests. Layer blobs of the
-//! hosts the test named hang forever while those of other hosts are missing
-//! (`NOT_FOUND`); it records which blob fetches started. Tags and image metadata are
-//! not served.
+//! Test support: a fake [`Registry`] for the engine's unit tests. Tags resolve to what
+//! the test said last (a digest or an error), and layer blobs of the hosts the test
+//! named hang forever while those of other hosts are missing (`NOT_FOUND`); it records
+//! which blob fetches started. Image metadata is not served.
 
 use crate::blobstore::ChunkStream;
 use crate::layer::LayerDescriptor;
@@ -9,9 +9,12 @@ use crate::registry::{ImageMetadata, Platform, Reference, Registry};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tonic::Status;
 
 pub(crate) struct FakeRegistry {
+    resolution: Mutex<Result<String, Status>>,
+    resolves: AtomicUsize,
     hanging_hosts: Mutex<HashSet<String>>,
     fetches: Mutex<Vec<String>>,
 }
@@ -19,9 +22,21 @@ pub(crate) struct FakeRegistry {
 impl FakeRegistry {
     pub fn new() -> Self {
         Self {
+            resolution: Mutex::new(Err(Status::not_found("No tag set by the test"))),
+            resolves: AtomicUsize::new(0),
             hanging_hosts: Mutex::new(HashSet::new()),
             fetches: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What every tag resolves to from now on.
+    pub fn resolve_to(&self, resolution: Result<String, Status>) {
+        *self.resolution.lock() = resolution;
+    }
+
+    /// Tag resolutions asked for so far.
+    pub fn resolves(&self) -> usize {
+        self.resolves.load(Ordering::SeqCst)
     }
 
     /// Blob fetches from `host` never answer.
@@ -49,7 +64,8 @@ impl Registry for FakeRegistry {
     }
 
     async fn resolve(&self, _: &Reference) -> Result<String, Status> {
-        Err(Status::unimplemented("The fake registry serves no tags"))
+        self.resolves.fetch_add(1, Ordering::SeqCst);
+        self.resolution.lock().clone()
     }
 
     async fn fetch_image(&self, _: &Reference, _: &Platform) -> Result<ImageMetadata, Status> {

@@ -1,6 +1,6 @@
 //! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
 //! step, bytes pulled from each registry, and how the engine copes with slow or failing
-//! registries (work abandoned, layer ingestions in progress per registry).
+//! registries (work abandoned, ingestions in progress per registry, tags served stale).
 
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
@@ -150,6 +150,22 @@ static LAYER_INGESTS_IN_PROGRESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     g
 });
 
+static TAGS_SERVED_STALE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "tag_resolutions_served_stale_total",
+            "Tags answered with the digest they resolved to before because their \
+             registry failed (UNAVAILABLE, RESOURCE_EXHAUSTED), by registry.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["registry"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
 /// Counts a shared computation of `stage` aborted because nobody waited for it.
 pub(crate) fn abandoned(stage: &str) {
     ABANDONED_WORK.with_label_values(&[stage]).inc();
@@ -172,6 +188,16 @@ pub(crate) fn layer_ingests_in_progress_now(registry: &str) -> i64 {
     LAYER_INGESTS_IN_PROGRESS
         .with_label_values(&[registry])
         .get()
+}
+
+/// Counts a tag of `registry` answered with a stale digest.
+pub(crate) fn tag_served_stale(registry: &str) {
+    TAGS_SERVED_STALE.with_label_values(&[registry]).inc();
+}
+
+#[cfg(test)]
+pub(crate) fn tags_served_stale(registry: &str) -> u64 {
+    TAGS_SERVED_STALE.with_label_values(&[registry]).get()
 }
 
 /// Counts a record found in the Action Cache but not used.
