@@ -129,7 +129,9 @@ pub fn new_image_expander(
     let layers = new_layer_source(&registry, &cas, &ac, &options);
     let chains = new_chain_source(&cas, &ac, &checked, layers, &options);
     let images = new_image_source(&registry, &cas, &ac, &checked, chains, &options);
-    let tags = TagResolver::new(registry.clone(), cas.clone(), ac.clone(), options.tag_ttl);
+    let tags = TagResolver::new(registry.clone(), cas.clone(), ac.clone(), options.tag_ttl)
+        .abandoning_after(options.abandon_grace_period)
+        .serving_stale_for(options.stale_tag_grace);
     ImageExpander::from_parts(ExpanderParts {
         registry,
         cas,
@@ -153,7 +155,10 @@ fn new_image_source(
 ) -> ImageSource {
     ImageSource::new(
         ServiceBuilder::new()
-            .layer(DeduplicatingLayer::new())
+            .layer(DeduplicatingLayer::new(
+                "image",
+                options.abandon_grace_period,
+            ))
             .layer(MetricsLayer::new("image"))
             .layer(CompletenessCheckingLayer::new(cas.clone()).remembering(checked.clone()))
             .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
@@ -198,7 +203,10 @@ fn new_layer_source(
     let ingester = Arc::new(LayerIngester::new(cas.clone(), options.ingest.clone()));
     LayerSource::new(
         ServiceBuilder::new()
-            .layer(DeduplicatingLayer::new())
+            .layer(DeduplicatingLayer::new(
+                "layer",
+                options.abandon_grace_period,
+            ))
             .layer(MetricsLayer::new("layer"))
             .layer(CompletenessCheckingLayer::new(cas.clone()))
             .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
@@ -206,6 +214,7 @@ fn new_layer_source(
                 registry.clone(),
                 ingester,
                 options.maximum_concurrent_layer_ingests,
+                options.maximum_concurrent_layer_ingests_per_registry,
                 options.layer_retries,
             )),
     )

@@ -4,8 +4,11 @@
 //! name the same fake action in the same instance.
 //!
 //! The shared call runs as a task of its own: a caller that goes away does not cancel it
-//! for the others, and it completes (filling the caches) even if every caller went away.
-//! Only the caller that started it is answered with the work it did; the others get
+//! for the others. Once every caller went away it goes on for a grace period
+//! (`abandonGracePeriod`), which a new caller may join it in, and is then aborted and
+//! counted in `abandoned_work_total{stage}`: its slot is freed, the calls it waited for
+//! in the stages below lose a caller in turn, and nothing is recorded (the Action Cache
+//! decorator below records an answer only once the call succeeded). Only the caller that started it is answered with the work it did; the others get
 //! [`StageResponse::joined`], so that a sum over callers counts each piece of work once.
 //! An error is shared by the callers waiting for it, and not remembered.
 
@@ -16,25 +19,26 @@ use futures::future::BoxFuture;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tonic::Status;
 use tower::{Layer, Service, ServiceExt};
 
 /// Adds in-flight deduplication to a stage answering `R`.
 pub(crate) struct DeduplicatingLayer<R> {
+    stage: &'static str,
+    abandon_grace_period: Duration,
     response: PhantomData<fn() -> R>,
 }
 
 impl<R> DeduplicatingLayer<R> {
-    pub fn new() -> Self {
+    /// Calls of `stage` (the label of `abandoned_work_total`) are abandoned once nobody
+    /// waited for them for `abandon_grace_period`.
+    pub fn new(stage: &'static str, abandon_grace_period: Duration) -> Self {
         Self {
+            stage,
+            abandon_grace_period,
             response: PhantomData,
         }
-    }
-}
-
-impl<R> Default for DeduplicatingLayer<R> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -44,7 +48,7 @@ impl<S, R: StageResponse> Layer<S> for DeduplicatingLayer<R> {
     fn layer(&self, inner: S) -> Self::Service {
         DeduplicatingSource {
             inner,
-            flights: Default::default(),
+            flights: Arc::new(SingleFlight::new(self.stage, self.abandon_grace_period)),
         }
     }
 }
@@ -95,11 +99,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::action_caching_source::ActionCachingLayer;
     use crate::image::fake_source::{CountingSource, Stores};
     use crate::image::image_source::ExpandedTree;
 
     fn deduplicating(source: &CountingSource) -> DeduplicatingSource<CountingSource, ExpandedTree> {
-        DeduplicatingLayer::new().layer(source.clone())
+        DeduplicatingLayer::new("test", Duration::from_secs(3600)).layer(source.clone())
     }
 
     #[tokio::test]
@@ -147,17 +152,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_completes_even_if_every_caller_went_away() {
+    async fn a_call_nobody_waits_for_is_abandoned_and_records_nothing() {
         let stores = Stores::new();
         let source = CountingSource::new(vec![]);
         source.hold();
-        let only = tokio::spawn(deduplicating(&source).oneshot(stores.request('1')));
+        let caching = ActionCachingLayer::new(stores.cas.clone(), stores.ac.clone());
+        let images: DeduplicatingSource<_, ExpandedTree> =
+            DeduplicatingLayer::new("test_image", Duration::ZERO)
+                .layer(caching.layer(source.clone()));
+        let only = tokio::spawn(images.clone().oneshot(stores.request('1')));
         source.started(1).await;
         only.abort();
-        source.release();
-        while source.completed() < 1 {
+        while images.flights.in_flight() > 0 {
             tokio::task::yield_now().await;
         }
+        assert_eq!(crate::image::metrics::abandoned_count("test_image"), 1);
+        // Released too late: the abandoned call never ends, and left no record.
+        source.release();
+        assert!(stores.ac.is_empty());
+        let answer = images.clone().oneshot(stores.request('1')).await.unwrap();
+        assert_eq!(answer.record.manifest_digest, "built-2");
+        assert_eq!((source.calls(), source.completed()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn a_caller_arriving_within_the_grace_period_gets_the_call_in_flight() {
+        let stores = Stores::new();
+        let source = CountingSource::new(vec![]);
+        source.hold();
+        let images = deduplicating(&source);
+        let first = tokio::spawn(images.clone().oneshot(stores.request('1')));
+        source.started(1).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        // Nobody waits, yet the call is in flight, and joined.
+        let mut second = Box::pin(images.clone().oneshot(stores.request('1')));
+        assert!(futures::poll!(&mut second).is_pending());
+        source.release();
+        let answer = second.await.unwrap();
+        assert_eq!(answer.record.manifest_digest, "built-1");
+        assert_eq!((source.calls(), source.completed()), (1, 1));
     }
 
     #[tokio::test]

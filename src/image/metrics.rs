@@ -1,7 +1,8 @@
 //! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
-//! step, and bytes pulled from each registry.
+//! step, bytes pulled from each registry, and how the engine copes with slow or failing
+//! registries (work abandoned, ingestions in progress per registry, tags served stale).
 
-use prometheus::{HistogramVec, IntCounterVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
 static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -116,6 +117,88 @@ static RECORD_WRITES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     prometheus::register(Box::new(c.clone())).expect("metric registered once");
     c
 });
+
+static ABANDONED_WORK: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "abandoned_work_total",
+            "Shared computations aborted because nobody waited for them any more for \
+             abandonGracePeriod, by stage (image, layer, tag).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["stage"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+static LAYER_INGESTS_IN_PROGRESS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        prometheus::Opts::new(
+            "layer_ingests_in_progress",
+            "Layers being downloaded and ingested, by registry (holding both their \
+             registry's and a global slot).",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["registry"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(g.clone())).expect("metric registered once");
+    g
+});
+
+static TAGS_SERVED_STALE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "tag_resolutions_served_stale_total",
+            "Tags answered with the digest they resolved to before because their \
+             registry failed (UNAVAILABLE, RESOURCE_EXHAUSTED), by registry.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["registry"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Counts a shared computation of `stage` aborted because nobody waited for it.
+pub(crate) fn abandoned(stage: &str) {
+    ABANDONED_WORK.with_label_values(&[stage]).inc();
+}
+
+#[cfg(test)]
+pub(crate) fn abandoned_count(stage: &str) -> u64 {
+    ABANDONED_WORK.with_label_values(&[stage]).get()
+}
+
+/// Moves the number of layers being ingested from `registry` by `delta`.
+pub(crate) fn layer_ingests_in_progress(registry: &str, delta: i64) {
+    LAYER_INGESTS_IN_PROGRESS
+        .with_label_values(&[registry])
+        .add(delta);
+}
+
+#[cfg(test)]
+pub(crate) fn layer_ingests_in_progress_now(registry: &str) -> i64 {
+    LAYER_INGESTS_IN_PROGRESS
+        .with_label_values(&[registry])
+        .get()
+}
+
+/// Counts a tag of `registry` answered with a stale digest.
+pub(crate) fn tag_served_stale(registry: &str) {
+    TAGS_SERVED_STALE.with_label_values(&[registry]).inc();
+}
+
+#[cfg(test)]
+pub(crate) fn tags_served_stale(registry: &str) -> u64 {
+    TAGS_SERVED_STALE.with_label_values(&[registry]).get()
+}
 
 /// Counts a record found in the Action Cache but not used.
 pub(crate) fn record_rejected(step: &str, reason: &str) {

@@ -7,7 +7,8 @@
 //!
 //! - `registry_image_source.rs`: metadata from the registry, then the layer chain;
 //! - `tree_builder.rs`: changesets applied in order, encoded and uploaded;
-//! - `registry_layer_source.rs`: a layer downloaded and ingested.
+//! - `registry_layer_source.rs`: a layer downloaded and ingested, within the slots of
+//!   `ingestion_slots.rs`.
 //!
 //! One decorator per concern wraps any stage:
 //!
@@ -28,8 +29,11 @@ pub mod deduplicating_source;
 pub mod expander;
 pub mod fake_action;
 #[cfg(test)]
+mod fake_registry;
+#[cfg(test)]
 mod fake_source;
 pub mod image_source;
+pub mod ingestion_slots;
 pub mod layer_source;
 pub mod metrics;
 pub mod metrics_source;
