@@ -171,7 +171,12 @@ pub(crate) fn from_response(code: u16, body: &[u8], text: String) -> Failure {
 pub(crate) fn from_transport(error: &(dyn std::error::Error + 'static), text: &str) -> Failure {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if let Some(refused) = e.downcast_ref::<AddressRefused>() {
+        // An io::Error's source() skips the error it wraps: look inside it too.
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<AddressRefused>());
+        if let Some(refused) = e.downcast_ref::<AddressRefused>().or(wrapped) {
             return Failure::permanent(Status::permission_denied(format!(
                 "Not connecting to {text}: {refused}"
             )));

@@ -9,6 +9,10 @@
 //! in the configuration (`registries[].hosts`, `mirrors` or `redirectHosts`), or if
 //! `allowPrivateAddresses` is set.
 //!
+//! The token server a listed registry names (its `realm`) is trusted as the registry is:
+//! it is added to the listed hosts when the registry's challenge names it
+//! ([`AddressPolicy::trust`]). The realm of an unlisted registry is not.
+//!
 //! Two checks enforce it: [`AddressPolicy::check_host`] refuses an IP literal before a
 //! request is sent, and [`PolicyResolver`], the HTTP client's DNS resolver, drops restricted
 //! addresses from the answer for a name that is not listed, so that a name resolving to a
@@ -44,6 +48,8 @@ pub(crate) struct AddressPolicy {
     /// Hosts as listed, with their port (`127.0.0.1:5000`), lower case: an IP literal is
     /// listed only with its port.
     listed_hosts: HashSet<String>,
+    /// Token servers of listed registries, as `listed` and `listed_hosts` hold them.
+    trusted: parking_lot::RwLock<(HashSet<String>, HashSet<String>)>,
     allow_private_addresses: bool,
 }
 
@@ -108,13 +114,32 @@ impl AddressPolicy {
         Self {
             listed,
             listed_hosts,
+            trusted: Default::default(),
             allow_private_addresses: configuration.allow_private_addresses,
         }
     }
 
     /// Whether `name` (a host name without port) is listed in the configuration.
     pub(crate) fn is_listed(&self, name: &str) -> bool {
-        self.listed.contains(&name.to_ascii_lowercase())
+        let name = name.to_ascii_lowercase();
+        self.listed.contains(&name) || self.trusted.read().0.contains(&name)
+    }
+
+    /// Whether `host` (`name[:port]`) is listed with its port.
+    fn is_listed_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.listed_hosts.contains(&host) || self.trusted.read().1.contains(&host)
+    }
+
+    /// Trusts `host` (`name[:port]`), the token server of a listed registry, as if it were
+    /// listed. The set grows only with the realms listed registries name.
+    pub(crate) fn trust(&self, host: &str) {
+        if self.is_listed_host(host) {
+            return;
+        }
+        let mut trusted = self.trusted.write();
+        trusted.0.insert(host_name(host));
+        trusted.1.insert(host.to_ascii_lowercase());
     }
 
     /// Refuses `host` (`name[:port]`, the port omitted when it is the scheme's default) if
@@ -125,8 +150,7 @@ impl AddressPolicy {
         let Ok(ip) = name.parse::<IpAddr>() else {
             return Ok(());
         };
-        let listed = self.listed_hosts.contains(&host.to_ascii_lowercase());
-        if self.allow_private_addresses || !is_restricted(ip) || listed {
+        if self.allow_private_addresses || !is_restricted(ip) || self.is_listed_host(host) {
             return Ok(());
         }
         Err(AddressRefused(format!(
@@ -221,6 +245,8 @@ mod tests {
         assert!(p.check_host("169.254.169.254").is_err());
         assert!(p.check_host("8.8.8.8:443").is_ok());
         assert!(p.check_host("registry.example").is_ok());
+        p.trust("127.0.0.1:7000");
+        assert!(p.check_host("127.0.0.1:7000").is_ok());
         let open = policy(r#"{"allowPrivateAddresses": true}"#);
         assert!(open.check_host("127.0.0.2:5000").is_ok());
     }

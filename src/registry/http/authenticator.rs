@@ -9,8 +9,9 @@
 //! says). A request answered 401 although it carried a token calls [`Authenticator::forget`],
 //! and is sent once more with a fresh handshake and token.
 //!
-//! Token responses are read with a size limit ([`MAXIMUM_TOKEN_RESPONSE_SIZE`]), and the
-//! token server's address goes through the same address policy as the registry's.
+//! Token responses are read with a size limit ([`MAXIMUM_TOKEN_RESPONSE_SIZE`]). The token
+//! server of a listed registry is trusted as the registry is; that of an unlisted one goes
+//! through the address policy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::address_policy::AddressPolicy;
+use super::address_policy::{self, AddressPolicy};
 use super::bounded_body::read_bounded;
 use crate::registry::errors::{from_response, from_transport, Failure};
 use crate::registry::metrics;
@@ -234,6 +235,10 @@ impl Authenticator {
             (Some(h), None) => h.to_owned(),
             (None, _) => return Err(refused("the realm names no host".into())),
         };
+        // The realm of a listed registry is trusted as the registry is.
+        if self.policy.is_listed(&address_policy::host_name(host)) {
+            self.policy.trust(&authority);
+        }
         self.policy
             .check_host(&authority)
             .map_err(|e| refused(e.to_string()))?;
