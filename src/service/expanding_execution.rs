@@ -107,6 +107,9 @@ impl ExpandingExecution {
         loop {
             tokio::select! {
                 result = &mut rewrite => return Some(result),
+                // The client cancelled or its deadline passed: stop waiting at once, so
+                // that an expansion nobody else waits for is abandoned (abandonGracePeriod).
+                () = sender.closed() => return None,
                 _ = ticker.tick() => {
                     if sender.send(Ok(Self::keepalive_operation(&name, action_digest))).await.is_err() {
                         return None;
