@@ -122,7 +122,12 @@ async fn read_blob_within(
 ) -> Result<Vec<u8>, Status> {
     tokio::time::timeout(WITHIN, read_blob(registry, image, layer))
         .await
-        .unwrap_or_else(|_| panic!("blob {} neither read nor failed in {WITHIN:?}", layer.digest))
+        .unwrap_or_else(|_| {
+            panic!(
+                "blob {} neither read nor failed in {WITHIN:?}",
+                layer.digest
+            )
+        })
 }
 
 /// What a worker does with an image: resolve, metadata, every blob (checked).
@@ -218,7 +223,11 @@ async fn steady_but_slow_blob_fails_unavailable_after_the_blob_transfer_timeout(
         "a 16 s transfer must not outlive a 3 s blobTransferTimeout",
     );
     assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
-    assert!(error.message().contains(&layer.digest), "{}", error.message());
+    assert!(
+        error.message().contains(&layer.digest),
+        "{}",
+        error.message()
+    );
     let sent = proxy.requests("GET", |p| p.contains(&layer.digest))[0].body_bytes;
     assert!(
         sent < layer.blob.len() as u64,
@@ -324,13 +333,8 @@ async fn chunked_manifest_of_256_mib_is_refused_after_at_most_the_limit() {
 async fn retry_after_of_429_is_honoured_before_the_next_attempt() {
     let image = image_with_layers(&[1 << 10], 5);
     let (_server, proxy) = registry_and_proxy(&image).await;
-    proxy.add_rule(
-        Rule::get(
-            "/manifests/",
-            Fault::status(429).header("Retry-After", "2"),
-        )
-        .first(1),
-    );
+    proxy
+        .add_rule(Rule::get("/manifests/", Fault::status(429).header("Retry-After", "2")).first(1));
     let registry = registry_for(&proxy.host(), json!({}));
     let r = reference(&proxy.host(), "test/faults:v1");
     let metadata = tokio::time::timeout(WITHIN, registry.fetch_image(&r, &amd64()))
@@ -354,13 +358,8 @@ async fn retry_after_of_503_is_honoured_before_the_next_attempt() {
     // 429 waits at least 2 s whatever the header says; 503 shows the header is read.
     let image = image_with_layers(&[1 << 10], 13);
     let (_server, proxy) = registry_and_proxy(&image).await;
-    proxy.add_rule(
-        Rule::get(
-            "/manifests/",
-            Fault::status(503).header("Retry-After", "3"),
-        )
-        .first(1),
-    );
+    proxy
+        .add_rule(Rule::get("/manifests/", Fault::status(503).header("Retry-After", "3")).first(1));
     let registry = registry_for(&proxy.host(), json!({}));
     let r = reference(&proxy.host(), "test/faults:v1");
     tokio::time::timeout(WITHIN, registry.fetch_image(&r, &amd64()))
@@ -387,13 +386,10 @@ async fn retry_after_beyond_the_maximum_fails_unavailable_at_once() {
     ));
     let registry = registry_for(&proxy.host(), json!({"maximumRetryAfter": "1s"}));
     let r = reference(&proxy.host(), "test/faults:v1");
-    let error = tokio::time::timeout(
-        Duration::from_secs(20),
-        registry.fetch_image(&r, &amd64()),
-    )
-    .await
-    .expect("fails well before the 30 s the registry asked for")
-    .expect_err("a Retry-After of 30 s beyond maximumRetryAfter fails");
+    let error = tokio::time::timeout(Duration::from_secs(20), registry.fetch_image(&r, &amd64()))
+        .await
+        .expect("fails well before the 30 s the registry asked for")
+        .expect_err("a Retry-After of 30 s beyond maximumRetryAfter fails");
     assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
     assert!(
         error.message().contains("Retry-After"),
@@ -419,7 +415,10 @@ fn blob_server(blob: Bytes) -> FakeHttpServer {
 fn redirect_blob(proxy: &FaultProxy, layer: &Layer, target: &FakeHttpServer) {
     proxy.add_rule(Rule::get(
         &format!("/blobs/{}", layer.digest),
-        Fault::redirect(307, &format!("http://{}/cdn/{}", target.host(), layer.digest)),
+        Fault::redirect(
+            307,
+            &format!("http://{}/cdn/{}", target.host(), layer.digest),
+        ),
     ));
 }
 

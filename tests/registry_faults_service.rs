@@ -157,7 +157,10 @@ async fn fifty_executes_through_a_dropping_and_trickling_registry() {
         log.iter().filter(|e| e.status.is_none()).count()
     );
     let dropped = log.iter().filter(|e| e.status.is_none()).count();
-    assert!(dropped > 0, "the proxy dropped no connection: the test tests nothing");
+    assert!(
+        dropped > 0,
+        "the proxy dropped no connection: the test tests nothing"
+    );
 
     // The service still answers: a fresh action on a healthy image, faults off.
     proxy.clear_rules();
@@ -168,8 +171,8 @@ async fn fifty_executes_through_a_dropping_and_trickling_registry() {
     assert_eq!(fresh.result().exit_code, 0);
     let executed = cluster.worker.log().execute_requests.len();
     assert!(
-        executed >= 40 + 1,
-        "{executed} actions reached the worker, want every healthy one"
+        executed > requests.iter().filter(|(_, healthy, _)| *healthy).count(),
+        "{executed} actions reached the worker, want every healthy one and the fresh one"
     );
 
     let grown = resident_bytes().saturating_sub(resident_before);

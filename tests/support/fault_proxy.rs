@@ -44,7 +44,10 @@ const CHUNK: usize = 64 << 10;
 pub enum Fault {
     /// Forward, then send the upstream body `bytes_per_tick` bytes at a time, waiting
     /// `tick` before each piece (headers go out at once).
-    Trickle { bytes_per_tick: usize, tick: Duration },
+    Trickle {
+        bytes_per_tick: usize,
+        tick: Duration,
+    },
     /// With `probability` (seeded RNG, see [`FaultProxy::seed`]) close the connection:
     /// before answering when `after_bytes` is `None`, else after that many bytes of the
     /// upstream body. Otherwise forward normally.
@@ -454,16 +457,12 @@ async fn handle(
         Some(Fault::DropConnection {
             probability,
             after_bytes,
-        }) => {
-            if state.random() < *probability {
-                match after_bytes {
-                    // An error from the service makes hyper close the connection
-                    // without answering.
-                    None => return Err(io_error("fault proxy: connection dropped")),
-                    Some(n) => cut_after = Some(*n),
-                }
-            }
-        }
+        }) if state.random() < *probability => match after_bytes {
+            // An error from the service makes hyper close the connection without
+            // answering.
+            None => return Err(io_error("fault proxy: connection dropped")),
+            Some(n) => cut_after = Some(*n),
+        },
         Some(Fault::Delay(delay)) => tokio::time::sleep(*delay).await,
         _ => {}
     }
@@ -492,9 +491,11 @@ async fn handle(
                     .insert(hyper::header::CONTENT_LENGTH, length.into());
             }
             let chunk = Bytes::from(vec![b'{'; CHUNK]);
-            let chunks = futures::stream::iter((0..body_size).step_by(CHUNK).map(move |start| {
-                Ok(chunk.slice(..CHUNK.min(body_size - start)))
-            }));
+            let chunks = futures::stream::iter(
+                (0..body_size)
+                    .step_by(CHUNK)
+                    .map(move |start| Ok(chunk.slice(..CHUNK.min(body_size - start)))),
+            );
             counted(state, index, chunks)
         }
         Some(Fault::Trickle {
