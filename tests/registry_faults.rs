@@ -235,6 +235,46 @@ async fn steady_but_slow_blob_fails_unavailable_after_the_blob_transfer_timeout(
     );
 }
 
+#[tokio::test]
+async fn blob_cut_mid_body_fails_unavailable_and_the_next_read_succeeds() {
+    // The proxy's own check too: exactly `after_bytes` of the body go out, then the
+    // connection closes.
+    let image = image_with_layers(&[64 << 10], 14);
+    let (_server, proxy) = registry_and_proxy(&image).await;
+    let layer = &image.layers[0];
+    proxy.add_rule(
+        Rule::get(
+            &format!("/blobs/{}", layer.digest),
+            Fault::DropConnection {
+                probability: 1.0,
+                after_bytes: Some(1000),
+            },
+        )
+        .first(1),
+    );
+    let registry = registry_for(&proxy.host(), json!({}));
+    let r = reference(&proxy.host(), "test/faults:v1");
+    let metadata = registry.fetch_image(&r, &amd64()).await.expect("metadata");
+    let error = failure(
+        read_blob_within(&registry, &r, &metadata.layers[0]).await,
+        "a blob whose connection closes after 1000 bytes must fail",
+    );
+    assert_eq!(error.code(), Code::Unavailable, "{}", error.message());
+    assert!(
+        error.message().contains(&layer.digest),
+        "{}",
+        error.message()
+    );
+    let cut = proxy.requests("GET", |p| p.contains(&layer.digest));
+    assert_eq!(cut.len(), 1, "a broken stream is not retried here: {cut:?}");
+    assert_eq!(cut[0].body_bytes, 1000);
+    // The caller retries the whole layer; the rule is spent.
+    let bytes = read_blob_within(&registry, &r, &metadata.layers[0])
+        .await
+        .expect("the second read succeeds");
+    assert_eq!(bytes, layer.blob.as_ref());
+}
+
 // ---------------------------------------------------------------------------------
 // 2. Huge manifests.
 
