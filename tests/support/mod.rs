@@ -8,6 +8,9 @@
 //!   uncompressed; OCI indexes and Docker manifest lists) and pushed byte-exact.
 //! - [`fake_http::FakeHttpServer`]: a scriptable HTTP/1.1 server for faults a real registry
 //!   will not produce (5xx, connections dropped mid-body).
+//! - [`fault_proxy::FaultProxy`]: a reverse proxy in front of a real registry that injects
+//!   faults per request (trickled bodies, dropped connections, statuses, redirects, huge
+//!   or lying bodies, delays) and logs every request.
 //! - [`chroot_worker::ChrootWorker`]: a scheduler + worker that runs actions chrooted into
 //!   their input root, as bb_runner's `chrootIntoInputRoot` does (needs root).
 //! - [`buildgrid::BuildGrid`]: a real REAPI scheduler, BuildGrid 0.9.1 on PostgreSQL, with
@@ -25,6 +28,7 @@ pub mod bazel;
 pub mod buildgrid;
 pub mod chroot_worker;
 pub mod fake_http;
+pub mod fault_proxy;
 pub mod host_userland;
 pub mod images;
 pub mod registry_server;
