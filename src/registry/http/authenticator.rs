@@ -27,6 +27,7 @@ use tonic::Status;
 
 use super::address_policy::{self, AddressPolicy};
 use super::bounded_body::read_bounded;
+use super::distribution_client::{wait_for_budget, Budgets};
 use crate::registry::errors::{from_response, from_transport, Failure};
 use crate::registry::metrics;
 
@@ -60,6 +61,8 @@ type TokenSlot = Arc<tokio::sync::Mutex<Option<Token>>>;
 pub(crate) struct Authenticator {
     http: reqwest::Client,
     policy: Arc<AddressPolicy>,
+    /// The handshake counts against the registry's request budget.
+    budgets: Arc<Budgets>,
     /// By base URL (`https://host`).
     challenges: Mutex<HashMap<String, Arc<OnceCell<Challenge>>>>,
     /// By base URL and scope; one lock per slot, so that one token request serves all.
@@ -116,10 +119,15 @@ struct TokenResponse {
 }
 
 impl Authenticator {
-    pub(crate) fn new(http: reqwest::Client, policy: Arc<AddressPolicy>) -> Self {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        policy: Arc<AddressPolicy>,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         Self {
             http,
             policy,
+            budgets,
             challenges: Default::default(),
             tokens: Default::default(),
         }
@@ -186,6 +194,7 @@ impl Authenticator {
 
     async fn handshake(&self, base: &str, host: &str) -> Result<Challenge, Failure> {
         let url = format!("{base}/v2/");
+        wait_for_budget(&self.budgets, host).await;
         let response = self.http.get(&url).send().await;
         metrics::request(
             host,

@@ -67,11 +67,21 @@ pub(crate) struct DistributionClient {
     policy: Arc<AddressPolicy>,
     authenticator: Authenticator,
     /// By normalised host: every host of an entry shares the entry's budget.
-    budgets: HashMap<String, Arc<RequestBudget>>,
+    budgets: Arc<Budgets>,
     /// By normalised host: where redirects from it may go, when the entry says.
     redirect_hosts: HashMap<String, Vec<String>>,
     maximum_retry_after: Duration,
     secrets: Arc<Secrets>,
+}
+
+/// Request budgets by normalised host.
+pub(crate) type Budgets = HashMap<String, Arc<RequestBudget>>;
+
+/// Waits for `host`'s budget, if its entry has one.
+pub(crate) async fn wait_for_budget(budgets: &Budgets, host: &str) {
+    if let Some(budget) = budgets.get(&normalize_host(host)) {
+        budget.acquire().await;
+    }
 }
 
 /// `url`'s `host[:port]`, the port only when it is not the scheme's default.
@@ -120,8 +130,9 @@ impl DistributionClient {
                 }
             }
         }
+        let budgets = Arc::new(budgets);
         Ok(Self {
-            authenticator: Authenticator::new(http.clone(), policy.clone()),
+            authenticator: Authenticator::new(http.clone(), policy.clone(), budgets.clone()),
             http,
             policy,
             budgets,
@@ -281,8 +292,8 @@ impl DistributionClient {
             {
                 metrics::refused(target.host, "redirect_host");
                 return Err(Failure::permanent(Status::permission_denied(format!(
-                    "Registry {} redirected to {to_authority}, which its redirectHosts do not \
-                     list",
+                    "Registry {} redirected to {to_authority}, which is not allowed: the \
+                     registry's redirectHosts do not list it",
                     target.host
                 ))));
             }
@@ -297,9 +308,7 @@ impl DistributionClient {
     }
 
     async fn budget(&self, host: &str) {
-        if let Some(budget) = self.budgets.get(host) {
-            budget.acquire().await;
-        }
+        wait_for_budget(&self.budgets, host).await;
     }
 
     /// The response if it succeeded, else the failure it means.
