@@ -178,12 +178,14 @@ impl LayerIngester {
         let uploads = uploader::upload_files(&*self.cas, instance, &self.options, upload_receiver);
         // The feeder runs as a task of its own, so that uploads (which may hash and
         // copy whole files) never hold up the bytes the parser is waiting for.
-        let feeder = tokio::spawn(feed_chunks(blob, chunk_sender)).abort_handle();
+        // Aborted on drop too: an ingestion abandoned by its callers (dropped) must not
+        // leave the download running, nor the parser thread waiting for its bytes.
+        let feeder = AbortOnDrop(tokio::spawn(feed_chunks(blob, chunk_sender)).abort_handle());
         let uploads = async {
             let result = uploads.await;
             // Done, or failed: either way the parser needs no more bytes; ending the
             // blob stream makes a parser still running stop quickly.
-            feeder.abort();
+            feeder.0.abort();
             result
         };
         let (upload_result, parse_result) = tokio::join!(uploads, parser);
@@ -204,6 +206,15 @@ impl LayerIngester {
                 "Uploader stopped before the layer was parsed",
             )),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
