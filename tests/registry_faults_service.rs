@@ -250,8 +250,16 @@ async fn a_cancelled_execute_frees_its_ingestion_slot() {
         .await
         .expect("Execute starts")
         .into_inner();
-    let hanging_blob = image("hanging").layers[0].digest.clone();
-    while proxy.count("GET", |p| p.contains(&hanging_blob)) == 0 {
+    // Its layers are fetched one at a time (one slot): wait for whichever comes first.
+    let hanging_blobs: Vec<String> = image("hanging")
+        .layers
+        .iter()
+        .map(|l| format!("/blobs/{}", l.digest))
+        .collect();
+    while proxy.count("GET", |p| {
+        hanging_blobs.iter().any(|b| p.ends_with(b.as_str()))
+    }) == 0
+    {
         let keepalive = tokio::time::timeout(
             Duration::from_secs(60),
             futures::StreamExt::next(&mut stream),
