@@ -138,7 +138,9 @@ impl BlobReader {
                     }
                     let actual = self.hasher.take().map(OciHasher::finish);
                     if let Some(actual) = actual.filter(|a| *a != self.expected_digest) {
-                        return Err(self.fail(Status::invalid_argument(format!(
+                        // Content that does not match its digest: corrupted in storage or
+                        // in transit, as the registry module reports it too.
+                        return Err(self.fail(Status::data_loss(format!(
                             "Blob has digest {actual}, while the descriptor says {}",
                             self.expected_digest
                         ))));

@@ -475,6 +475,7 @@ async fn size_digest_and_diff_id_mismatches() {
         ..good.clone()
     };
     let err = ingest_error(&wrong_digest, &blob).await;
+    assert_eq!(err.code(), Code::DataLoss);
     assert_eq!(
         err.message(),
         format!(

@@ -86,9 +86,11 @@ pub trait Registry: Send + Sync + 'static {
     ) -> Result<ImageMetadata, Status>;
 
     /// Streams the blob of `layer` from the repository of `reference`, as stored
-    /// (compressed). The stream ends with an error if the blob does not match the
-    /// descriptor's size or digest (`DATA_LOSS`) or the connection drops (`UNAVAILABLE`;
-    /// the caller retries the whole layer).
+    /// (compressed). The stream ends with an error if the blob is longer than the
+    /// descriptor's size (`DATA_LOSS`), ends short or the connection drops, or the
+    /// transfer limits are passed (`UNAVAILABLE`; the caller retries the whole layer).
+    /// The digest is not checked here: the consumer (the layer ingester) hashes the blob
+    /// anyway and must report a mismatch as `DATA_LOSS` (docs/design/layers.md#verification).
     async fn fetch_blob(
         &self,
         reference: &Reference,

@@ -9,7 +9,7 @@
 //! size limit ([`MAXIMUM_MANIFEST_SIZE`]) and verified against the digest that named them
 //! (or the registry's `Docker-Content-Digest`); the image config is read with its
 //! descriptor's size as the limit ([`MAXIMUM_CONFIG_SIZE`] at most) and verified; a layer
-//! blob streams through [`BlobStream`] (size and digest) and
+//! blob streams through [`BlobStream`] (its size; the layer ingester checks its digest) and
 //! [`LimitedStream`](super::http::transfer_limits::LimitedStream) (transfer deadline and
 //! minimum rate). Descriptor `urls` are never followed (docs/design/layers.md#manifests-and-configs).
 
@@ -501,7 +501,9 @@ impl OciRegistry {
             .bytes_stream()
             .map(|chunk| chunk.map_err(std::io::Error::other))
             .boxed();
-        let verified = BlobStream::new(body, &layer.digest, layer.size)?;
+        // The layer ingester hashes the blob anyway and reports a mismatch (DATA_LOSS):
+        // hashing it here too would cost a second pass over every layer.
+        let verified = BlobStream::new(body, &layer.digest, layer.size)?.without_digest_check();
         let limited = LimitedStream::new(
             verified,
             self.transfer,
@@ -632,6 +634,12 @@ impl BlobStream {
         })
     }
 
+    /// Checks only the size: for a consumer that verifies the digest itself.
+    fn without_digest_check(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Bytes, Status>>> {
         self.finished = true;
         Poll::Ready(Some(Err(status)))
@@ -681,7 +689,10 @@ impl Stream for BlobStream {
                     return this.fail(status);
                 }
                 this.finished = true;
-                let actual = this.hasher.take().map(OciHasher::finish);
+                let Some(hasher) = this.hasher.take() else {
+                    return Poll::Ready(None);
+                };
+                let actual = Some(hasher.finish());
                 if actual.as_ref() != Some(&this.expected_digest) {
                     return Poll::Ready(Some(Err(Status::data_loss(format!(
                         "Blob {} does not match its digest: its content has digest {}",
