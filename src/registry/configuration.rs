@@ -28,7 +28,7 @@
 //! Hub is `docker.io` (`index.docker.io` and `registry-1.docker.io` mean the same). Loopback
 //! hosts (`localhost`, `127.0.0.0/8`, `[::1]`) always speak plain HTTP, as Docker does.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use super::platform::Platform;
@@ -219,20 +219,22 @@ pub fn normalize_host(host: &str) -> String {
     }
 }
 
-/// Whether `host` (`name[:port]`) is a loopback address or `localhost`.
-pub fn is_loopback_host(host: &str) -> bool {
+/// `host[:port]` or `[v6]:port` → the name alone, lower case, IPv6 without brackets.
+pub fn host_name(host: &str) -> String {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
+    } else if host.matches(':').count() > 1 {
+        host // a bare IPv6 address
     } else {
         host.split(':').next().unwrap_or("")
     };
-    if name.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match name.parse::<IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => name.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback()),
-    }
+    name.to_ascii_lowercase()
+}
+
+/// Whether `host` (`name[:port]`) is a loopback address or `localhost`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = host_name(host);
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]

@@ -496,7 +496,6 @@ impl OciRegistry {
             "Failed to fetch layer {} of image {reference}",
             layer.digest
         );
-        let registry = target.host.to_owned();
         let body = response
             .bytes_stream()
             .map(|chunk| chunk.map_err(std::io::Error::other))
@@ -507,22 +506,11 @@ impl OciRegistry {
         let limited = LimitedStream::new(
             verified,
             self.transfer,
-            format!("blob {} from {registry}", layer.digest),
-        );
+            format!("blob {} from {}", layer.digest, target.host),
+        )
+        .counting_refusals_for(target.host);
         Ok(limited
-            .map(move |chunk| {
-                chunk.map_err(|status| {
-                    if status.message().starts_with("Transfer of ") {
-                        let reason = if status.message().contains("too slow") {
-                            "transfer_rate"
-                        } else {
-                            "transfer_timeout"
-                        };
-                        metrics::refused(&registry, reason);
-                    }
-                    crate::status::wrap(status, &context)
-                })
-            })
+            .map(move |chunk| chunk.map_err(|status| crate::status::wrap(status, &context)))
             .boxed())
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+pub(crate) use crate::registry::configuration::host_name;
 use crate::registry::configuration::RegistryConfiguration;
 
 /// The connection this module refused, found in an error's source chain by the error
@@ -51,18 +52,6 @@ pub(crate) struct AddressPolicy {
     /// Token servers of listed registries, as `listed` and `listed_hosts` hold them.
     trusted: parking_lot::RwLock<(HashSet<String>, HashSet<String>)>,
     allow_private_addresses: bool,
-}
-
-/// `host[:port]` or `[v6]:port` → the name alone, lower case.
-pub(crate) fn host_name(host: &str) -> String {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if host.matches(':').count() > 1 {
-        host // a bare IPv6 address
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    name.to_ascii_lowercase()
 }
 
 /// Whether `ip` is an address a service must not be made to reach by others' choice.

@@ -162,59 +162,54 @@ impl DistributionClient {
         accept: Option<&str>,
         kind: &str,
     ) -> Result<reqwest::Response, Failure> {
-        self.send_unscrubbed(target, method, path, accept, kind)
-            .await
-            .map_err(|f| self.scrubbed(f))
-    }
-
-    async fn send_unscrubbed(
-        &self,
-        target: &Target<'_>,
-        method: Method,
-        path: &str,
-        accept: Option<&str>,
-        kind: &str,
-    ) -> Result<reqwest::Response, Failure> {
-        if let Err(refused) = self.policy.check_host(target.host) {
-            metrics::refused(target.host, "address");
-            return Err(Failure::permanent(Status::permission_denied(
-                refused.to_string(),
-            )));
-        }
-        let base = target.base();
-        let mut url = Url::parse(&format!("{base}/v2/{}/{path}", target.repository))
-            .map_err(|e| Failure::permanent(Status::invalid_argument(format!("Bad URL: {e}"))))?;
-        if let Some(namespace) = target.namespace {
-            url.query_pairs_mut().append_pair("ns", namespace);
-        }
-        let scope = format!("repository:{}:pull", target.repository);
-        let mut retried_authorization = false;
-        loop {
-            let authorization = self
-                .authenticator
-                .authorization(&base, target.host, target.credentials, &scope)
-                .await?;
-            let response = self
-                .follow(
-                    target,
-                    &method,
-                    url.clone(),
-                    accept,
-                    authorization.clone(),
-                    kind,
-                )
-                .await?;
-            if response.status() == StatusCode::UNAUTHORIZED
-                && authorization.is_some()
-                && !retried_authorization
-            {
-                // The token expired early or was revoked: one more try with fresh ones.
-                self.authenticator.forget(&base, &scope);
-                retried_authorization = true;
-                continue;
+        // Messages may quote what the registry sent back: configured secrets are
+        // scrubbed from every failure.
+        let sent: Result<reqwest::Response, Failure> = async {
+            if let Err(refused) = self.policy.check_host(target.host) {
+                metrics::refused(target.host, "address");
+                return Err(Failure::permanent(Status::permission_denied(
+                    refused.to_string(),
+                )));
             }
-            return self.check(target.host, &method, response).await;
+            let base = target.base();
+            let mut url =
+                Url::parse(&format!("{base}/v2/{}/{path}", target.repository)).map_err(|e| {
+                    Failure::permanent(Status::invalid_argument(format!("Bad URL: {e}")))
+                })?;
+            if let Some(namespace) = target.namespace {
+                url.query_pairs_mut().append_pair("ns", namespace);
+            }
+            let scope = format!("repository:{}:pull", target.repository);
+            let mut retried_authorization = false;
+            loop {
+                let authorization = self
+                    .authenticator
+                    .authorization(&base, target.host, target.credentials, &scope)
+                    .await?;
+                let response = self
+                    .follow(
+                        target,
+                        &method,
+                        url.clone(),
+                        accept,
+                        authorization.clone(),
+                        kind,
+                    )
+                    .await?;
+                if response.status() == StatusCode::UNAUTHORIZED
+                    && authorization.is_some()
+                    && !retried_authorization
+                {
+                    // The token expired early or was revoked: one more try with fresh ones.
+                    self.authenticator.forget(&base, &scope);
+                    retried_authorization = true;
+                    continue;
+                }
+                return self.check(target.host, &method, response).await;
+            }
         }
+        .await;
+        sent.map_err(|f| self.scrubbed(f))
     }
 
     /// Sends the request and follows redirects within the policies.

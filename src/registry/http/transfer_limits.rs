@@ -21,6 +21,8 @@ use futures::Stream;
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
 
+use crate::registry::metrics;
+
 /// The limits of one transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TransferLimits {
@@ -38,6 +40,8 @@ pub(crate) struct LimitedStream<S> {
     limits: TransferLimits,
     /// Names the transfer in errors: "blob sha256:… from registry.example".
     what: String,
+    /// The registry refusals are counted for, in `registry_policy_refusals_total`.
+    registry: Option<String>,
     started: Instant,
     deadline: Pin<Box<Sleep>>,
     window_end: Pin<Box<Sleep>>,
@@ -53,6 +57,7 @@ impl<S> LimitedStream<S> {
         Self {
             inner,
             what,
+            registry: None,
             started,
             deadline: Box::pin(tokio::time::sleep_until(started + limits.timeout)),
             window_end: Box::pin(tokio::time::sleep_until(started + window)),
@@ -63,7 +68,16 @@ impl<S> LimitedStream<S> {
         }
     }
 
-    fn fail(&mut self, status: Status) -> Poll<Option<Result<Bytes, Status>>> {
+    /// Counts the transfers this stream ends in `registry_policy_refusals_total`.
+    pub(crate) fn counting_refusals_for(mut self, registry: &str) -> Self {
+        self.registry = Some(registry.to_owned());
+        self
+    }
+
+    fn fail(&mut self, reason: &str, status: Status) -> Poll<Option<Result<Bytes, Status>>> {
+        if let Some(registry) = &self.registry {
+            metrics::refused(registry, reason);
+        }
         self.finished = true;
         Poll::Ready(Some(Err(status)))
     }
@@ -104,7 +118,7 @@ where
                  arrived",
                 this.what, this.limits.timeout, this.received
             ));
-            return this.fail(status);
+            return this.fail("transfer_timeout", status);
         }
         if this.limits.minimum_bytes_per_second > 0 {
             while this.window_end.as_mut().poll(cx).is_ready() {
@@ -122,7 +136,7 @@ where
                         this.received,
                         this.started.elapsed().as_secs_f64()
                     ));
-                    return this.fail(status);
+                    return this.fail("transfer_rate", status);
                 }
                 this.in_window = 0;
                 let next = this.window_end.deadline() + window;
