@@ -16,6 +16,15 @@
 //! chroot(2) needs root (CI runs as root). Every action run is recorded, so tests can
 //! check what reached the worker.
 //!
+//! Executables are written by this very process, and a process forked while one of them
+//! is still open for writing holds that descriptor until it execs; running the file in
+//! that window fails with ETXTBSY ("Text file busy"). Bazel runs actions in parallel, so
+//! one action's fork can catch another's materialisation. Two measures keep that out:
+//! files are written under a shared [`FORK_GUARD`] that `spawn` takes exclusively (no
+//! fork of this worker overlaps an open input file), and an action whose launcher
+//! reports ETXTBSY before the command started (exit 126, "Text file busy") is started
+//! again, a few times, for forks of other code in the test process.
+//!
 //! ```ignore
 //! let storage = BlobstoreServer::start_in_memory().await;
 //! let worker = ChrootWorker::start(storage.cas(), storage.ac(), &[""]).await;
@@ -188,7 +197,13 @@ fn relative(path: &str, what: &str) -> Result<PathBuf, Status> {
     }
 }
 
+/// Held shared while an input file is open for writing, exclusively while forking.
+static FORK_GUARD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+/// How often an action whose launcher hit ETXTBSY is started again.
+const TEXT_FILE_BUSY_ATTEMPTS: u32 = 5;
+
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Status> {
+    let _no_fork = FORK_GUARD.read().unwrap_or_else(|e| e.into_inner());
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -196,6 +211,70 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), Status> {
         .open(path)
         .map_err(|e| io_error("create", path, e))?;
     file.write_all(data).map_err(|e| io_error("write", path, e))
+}
+
+/// Runs `/usr/bin/env -- <arguments>` chrooted into `root`, in `working_directory`,
+/// with only the Command's environment, and collects its output.
+async fn run_chrooted(
+    command: &reapi::Command,
+    root: &Path,
+    working_directory: &Path,
+    timeout: Duration,
+) -> Result<std::process::Output, Status> {
+    let mut process = tokio::process::Command::new("/usr/bin/env");
+    process
+        .arg("--")
+        .args(&command.arguments)
+        .env_clear()
+        .envs(
+            command
+                .environment_variables
+                .iter()
+                .map(|v| (v.name.clone(), v.value.clone())),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let chroot = root.to_path_buf();
+    let inner_working_directory = Path::new("/").join(working_directory);
+    // SAFETY: runs between fork and exec; chroot and chdir with short paths use a
+    // stack buffer in std and take no locks.
+    unsafe {
+        process.pre_exec(move || {
+            std::os::unix::fs::chroot(&chroot)?;
+            std::env::set_current_dir(&inner_working_directory)
+        });
+    }
+    let child = {
+        let _forking = FORK_GUARD.write().unwrap_or_else(|e| e.into_inner());
+        process.spawn()
+    }
+    .map_err(|e| {
+        Status::failed_precondition(format!(
+            "Failed to start /usr/bin/env -- {:?} chrooted into the input root: {e}",
+            command.arguments
+        ))
+    })?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(output) => {
+            output.map_err(|e| Status::internal(format!("Failed to wait for the command: {e}")))
+        }
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "Command did not finish within {timeout:?}"
+        ))),
+    }
+}
+
+/// Whether `env` failed to exec the command because the file was still open for
+/// writing in some process (exit 126 with its ETXTBSY message, nothing else printed).
+fn launcher_hit_text_file_busy(output: &std::process::Output) -> bool {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    output.status.code() == Some(126)
+        && output.stdout.is_empty()
+        && stderr.starts_with("/usr/bin/env: ")
+        && stderr.trim_end().ends_with("Text file busy")
+        && stderr.lines().count() == 1
 }
 
 impl State {
@@ -296,51 +375,25 @@ impl State {
             }
         }
 
-        let mut process = tokio::process::Command::new("/usr/bin/env");
-        process
-            .arg("--")
-            .args(&command.arguments)
-            .env_clear()
-            .envs(
-                command
-                    .environment_variables
-                    .iter()
-                    .map(|v| (v.name.clone(), v.value.clone())),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let chroot = root.clone();
-        let inner_working_directory = Path::new("/").join(&working_directory);
-        // SAFETY: runs between fork and exec; chroot and chdir with short paths use a
-        // stack buffer in std and take no locks.
-        unsafe {
-            process.pre_exec(move || {
-                std::os::unix::fs::chroot(&chroot)?;
-                std::env::set_current_dir(&inner_working_directory)
-            });
-        }
         let timeout = action
             .timeout
             .as_ref()
             .filter(|t| t.seconds > 0 || t.nanos > 0)
             .map(|t| Duration::new(t.seconds as u64, t.nanos as u32))
             .unwrap_or(DEFAULT_TIMEOUT);
-        let child = process.spawn().map_err(|e| {
-            Status::failed_precondition(format!(
-                "Failed to start /usr/bin/env -- {:?} chrooted into the input root: {e}",
-                command.arguments
-            ))
-        })?;
-        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(output) => output
-                .map_err(|e| Status::internal(format!("Failed to wait for the command: {e}")))?,
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "Command did not finish within {timeout:?}"
-                )))
+        let mut attempt = 1;
+        let output = loop {
+            let output = run_chrooted(&command, &root, &working_directory, timeout).await?;
+            if attempt < TEXT_FILE_BUSY_ATTEMPTS && launcher_hit_text_file_busy(&output) {
+                eprintln!(
+                    "chroot worker: {:?} hit ETXTBSY (attempt {attempt}), starting it again",
+                    command.arguments
+                );
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+                continue;
             }
+            break output;
         };
         let exit_code = match output.status.code() {
             Some(code) => code,
