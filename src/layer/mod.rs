@@ -17,6 +17,8 @@
 //! - [`names`]: NUL, UTF-8, normalisation and whiteout names;
 //! - [`limits`]: limits on names, extension records and entry counts, and the memory
 //!   they bound;
+//! - [`hashing_thread`]: the blob digest, the DiffID and large files' digests computed
+//!   on helper threads, so that hashing and inflating share the cores;
 //! - [`worker`]: the blocking half: pipeline, drain to EOF, verification (docs/design/layers.md#verification);
 //! - [`uploader`]: the async half: batched and streamed uploads, bounded in flight.
 //!
@@ -40,6 +42,7 @@ pub use descriptor::LayerDescriptor;
 pub mod limits;
 pub use limits::MetadataLimits;
 
+mod hashing_thread;
 mod media_type;
 mod names;
 pub(crate) mod oci_digest;

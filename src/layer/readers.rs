@@ -6,6 +6,7 @@
 //! and `tar` may rewrap, so the precise `Status` of the first failure is kept in a shared
 //! [`Failure`] slot; the caller reports that one instead of whatever error surfaced.
 
+use super::hashing_thread::OffThreadHasher;
 use super::limits;
 use super::media_type::Compression;
 use super::oci_digest::{OciDigest, OciHasher};
@@ -70,7 +71,7 @@ pub(crate) struct BlobReader {
     current: Bytes,
     expected_digest: OciDigest,
     expected_size: u64,
-    hasher: Option<OciHasher>,
+    hasher: Option<OffThreadHasher<OciHasher>>,
     received: u64,
     state: BlobState,
     failure: Failure,
@@ -86,7 +87,10 @@ impl BlobReader {
         Self {
             chunks,
             current: Bytes::new(),
-            hasher: Some(expected_digest.hasher()),
+            hasher: Some(OffThreadHasher::new(
+                expected_digest.hasher(),
+                expected_size,
+            )),
             expected_digest,
             expected_size,
             received: 0,
@@ -124,7 +128,7 @@ impl BlobReader {
                         ))));
                     }
                     if let Some(hasher) = &mut self.hasher {
-                        hasher.update(&chunk);
+                        hasher.update_shared(&chunk);
                     }
                     return Ok(Some(chunk));
                 }
@@ -136,7 +140,7 @@ impl BlobReader {
                             self.received, self.expected_size
                         ))));
                     }
-                    let actual = self.hasher.take().map(OciHasher::finish);
+                    let actual = self.hasher.take().map(OffThreadHasher::finish);
                     if let Some(actual) = actual.filter(|a| *a != self.expected_digest) {
                         // Content that does not match its digest: corrupted in storage or
                         // in transit, as the registry module reports it too.
@@ -323,7 +327,7 @@ pub(crate) type StreamPosition = Rc<Cell<(u64, bool)>>;
 pub(crate) struct TarStreamReader<R> {
     inner: R,
     compression: Compression,
-    hasher: OciHasher,
+    hasher: OffThreadHasher<OciHasher>,
     bytes: u64,
     limit: u64,
     metadata_budget: MetadataBudget,
@@ -335,7 +339,7 @@ impl<R: Read> TarStreamReader<R> {
     pub(crate) fn new(
         inner: R,
         compression: Compression,
-        hasher: OciHasher,
+        hasher: OffThreadHasher<OciHasher>,
         limit: u64,
         metadata_budget: MetadataBudget,
         failure: Failure,

@@ -10,6 +10,7 @@
 //! sizes above 2^63-1 rejected, and every entry's data read to its declared end (a
 //! truncated stream is an error). Zero blocks end the archive (`set_ignore_zeros(false)`).
 
+use super::hashing_thread::OffThreadHasher;
 use super::limits::{self, LayerTotals, MetadataLimits};
 use super::names::{self, EntryName};
 use super::readers::{Failure, MetadataBudget, StreamPosition};
@@ -333,15 +334,16 @@ impl EntryReader {
         entry: &mut R,
         size: u64,
     ) -> Result<reapi::Digest, EntryError> {
-        let mut hasher = self.options.digest_function.hasher();
         let mut read = 0u64;
-        let content = if size <= self.options.small_file_threshold_bytes {
+        let (content, digest) = if size <= self.options.small_file_threshold_bytes {
             let mut data = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut data)?;
-            hasher.update(&data);
             read = data.len() as u64;
-            FileContent::Small(Bytes::from(data))
+            let digest = self.options.digest_function.digest_of(&data);
+            (FileContent::Small(Bytes::from(data)), digest)
         } else {
+            // Hashed on a thread of its own while this one inflates, parses and spools.
+            let mut hasher = OffThreadHasher::new(self.options.digest_function.hasher(), size);
             let spool_error = |e: io::Error| {
                 EntryError::Internal(crate::status::from_io(e, "Failed to spool file contents"))
             };
@@ -363,14 +365,13 @@ impl EntryReader {
                 read += n as u64;
             }
             file.rewind().map_err(spool_error)?;
-            FileContent::Spooled(file)
+            (FileContent::Spooled(file), hasher.finish())
         };
         if read != size {
             return Err(EntryError::Invalid(
                 "Tar stream ends inside the data of the entry".to_owned(),
             ));
         }
-        let digest = hasher.finish();
         if size > 0
             && self
                 .uploaded

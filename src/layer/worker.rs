@@ -5,6 +5,7 @@
 //! Any mismatch is an error and no changeset is returned. File contents may already have
 //! been uploaded by then, which is harmless in a content-addressed store.
 
+use super::hashing_thread::OffThreadHasher;
 use super::media_type::{self, Compression, DecompressionPlan};
 use super::oci_digest::OciDigest;
 use super::readers::{BlobReader, Failure, MetadataBudget, TarStreamReader};
@@ -75,7 +76,8 @@ impl Job {
             let mut stream = TarStreamReader::new(
                 decoder,
                 compression,
-                self.diff_id.hasher(),
+                // A layer's tar is at least as long as its compressed blob, give or take.
+                OffThreadHasher::new(self.diff_id.hasher(), self.blob_size),
                 self.maximum_uncompressed_bytes,
                 budget.clone(),
                 failure.clone(),
