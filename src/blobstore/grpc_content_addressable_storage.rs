@@ -961,6 +961,27 @@ mod tests {
                 data.len()
             )
         );
+        // Same size, one byte changed, through ByteStream: refused, and nothing kept.
+        let mut corrupt = data.to_vec();
+        corrupt[50_000] ^= 1;
+        let err = cas
+            .put(&sha256(), &d, Bytes::from(corrupt.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            format!(
+                "Failed to write blob {}: Buffer has checksum {}, while {} was expected",
+                display(&d),
+                DigestFunction::Sha256.digest_of(&corrupt).hash,
+                d.hash
+            )
+        );
+        assert_eq!(
+            cas.find_missing(&sha256(), vec![d.clone()]).await.unwrap(),
+            vec![d]
+        );
     }
 
     #[tokio::test]

@@ -13,9 +13,10 @@
 //! per method. Further services (say a fake `Execution`) can share the port through
 //! [`BlobstoreServerBuilder::with_routes`].
 
+use super::call_delay::CallDelayLayer;
 use crate::blobstore::{
-    get_message, ActionCache, ChunkStream, ContentAddressableStorage, Instance, MemoryActionCache,
-    MemoryContentAddressableStorage,
+    get_message, verify_blob, ActionCache, ChunkStream, ContentAddressableStorage, Instance,
+    MemoryActionCache, MemoryContentAddressableStorage,
 };
 use crate::digest::DigestFunction;
 use crate::grpc::GrpcChannel;
@@ -152,9 +153,17 @@ pub struct BlobstoreServerBuilder {
     maximum_received_message_size_bytes: usize,
     instance_names: HashSet<String>,
     routes: Routes,
+    call_delay: CallDelayLayer,
 }
 
 impl BlobstoreServerBuilder {
+    /// Makes every call (routes added with [`Self::with_routes`] included) wait for
+    /// `layer`'s delay first. Default: no delay.
+    pub fn call_delay(mut self, layer: CallDelayLayer) -> Self {
+        self.call_delay = layer;
+        self
+    }
+
     /// The largest request message the server accepts, and the
     /// `max_batch_total_size_bytes` it advertises. Defaults to 4 MiB, the limit of
     /// grpc-go and thus of a bb_storage without `maximumReceivedMessageSizeBytes`.
@@ -211,8 +220,10 @@ impl BlobstoreServerBuilder {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let (shutdown, shutdown_signal) = tokio::sync::oneshot::channel::<()>();
+        let call_delay = self.call_delay;
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
+                .layer(call_delay)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = shutdown_signal.await;
@@ -266,6 +277,7 @@ impl BlobstoreServer {
             maximum_received_message_size_bytes: 4 << 20,
             instance_names: HashSet::from([String::new()]),
             routes: Routes::default(),
+            call_delay: CallDelayLayer::new(std::time::Duration::ZERO),
         }
     }
 
@@ -411,10 +423,17 @@ impl reapi::content_addressable_storage_server::ContentAddressableStorage for Ha
                     blob.compressor
                 )))
             } else {
-                self.0
-                    .cas
-                    .put(&instance, &digest, Bytes::from(blob.data))
-                    .await
+                // A server checks what clients upload; the stores behind it trust their
+                // writers (see MemoryContentAddressableStorage).
+                match verify_blob(instance.digest_function, &digest, &blob.data) {
+                    Ok(()) => {
+                        self.0
+                            .cas
+                            .put(&instance, &digest, Bytes::from(blob.data))
+                            .await
+                    }
+                    Err(status) => Err(status),
+                }
             };
             responses.push(reapi::batch_update_blobs_response::Response {
                 digest: Some(digest),
@@ -814,8 +833,14 @@ impl ByteStream for Handler {
             Status::invalid_argument("Client closed stream without sending a request")
         })?;
         let (instance, digest) = self.begin_byte_stream("Write", &first.resource_name, true)?;
+        let function = instance.digest_function;
+        let expected = digest.clone();
         let chunks: ChunkStream = async_stream::stream! {
             let mut expected_offset = 0i64;
+            // The upload is checked against its digest before its last chunk is handed
+            // on, so that the store never keeps content that does not match.
+            let mut hasher = function.hasher();
+            let mut held: Option<Bytes> = None;
             let mut next = Some(first);
             loop {
                 let request = match next.take() {
@@ -844,9 +869,26 @@ impl ByteStream for Handler {
                 expected_offset += request.data.len() as i64;
                 let finished = request.finish_write;
                 if !request.data.is_empty() {
-                    yield Ok(Bytes::from(request.data));
+                    hasher.update(&request.data);
+                    if let Some(previous) = held.replace(Bytes::from(request.data)) {
+                        yield Ok(previous);
+                    }
                 }
                 if finished {
+                    let actual = std::mem::replace(&mut hasher, function.hasher()).finish();
+                    if actual.size_bytes != expected.size_bytes {
+                        yield Err(Status::invalid_argument(format!(
+                            "Buffer is {} bytes in size, while {} bytes were expected",
+                            actual.size_bytes, expected.size_bytes
+                        )));
+                    } else if actual.hash != expected.hash {
+                        yield Err(Status::invalid_argument(format!(
+                            "Buffer has checksum {}, while {} was expected",
+                            actual.hash, expected.hash
+                        )));
+                    } else if let Some(last) = held.take() {
+                        yield Ok(last);
+                    }
                     return;
                 }
             }
