@@ -115,6 +115,11 @@ impl Execution for InstantUpstream {
     }
 }
 
+/// The instant upstream as routes, to share a port with other services.
+pub(crate) fn start_instant_upstream_routes() -> tonic::service::Routes {
+    tonic::service::Routes::new(ExecutionServer::new(InstantUpstream::default()))
+}
+
 async fn start_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -129,7 +134,7 @@ async fn start_upstream() -> SocketAddr {
     address
 }
 
-async fn connect(address: SocketAddr) -> Channel {
+pub(crate) async fn connect(address: SocketAddr) -> Channel {
     let endpoint = Channel::from_shared(format!("http://{address}")).unwrap();
     for _ in 0..200 {
         if let Ok(channel) = endpoint.connect().await {
@@ -140,19 +145,23 @@ async fn connect(address: SocketAddr) -> Channel {
     panic!("nothing listens on {address}");
 }
 
-/// Sends one Execute and reads its stream to the end; returns the final operation.
-async fn execute(
+/// Sends one Execute and reads its stream up to the done operation, which it returns.
+/// Like Bazel's remote executor, the client takes the result from the done operation;
+/// the rest of the stream (its end: the expander closes it once it has written the
+/// result back under the client's digest) is read by a task of its own, so the call
+/// ends normally instead of being cancelled.
+pub(crate) async fn execute(
     client: &mut ExecutionClient<Channel>,
     request: ExecuteRequest,
 ) -> Result<Operation, Status> {
     let mut stream = client.execute(request).await?.into_inner();
-    let mut last = None;
     while let Some(op) = stream.message().await? {
         if op.done {
-            last = Some(op);
+            tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+            return Ok(op);
         }
     }
-    last.ok_or_else(|| Status::internal("stream ended without a done operation"))
+    Err(Status::internal("stream ended without a done operation"))
 }
 
 /// Checks that a relayed operation succeeded and names the client's action.
@@ -176,7 +185,7 @@ fn check(op: &Operation, request: &ExecuteRequest) {
 
 /// `count` distinct actions naming `image`, each with a small input root of its own,
 /// stored in `cas`.
-async fn prepare_actions(
+pub(crate) async fn prepare_actions(
     cas: &dyn ContentAddressableStorage,
     image: &str,
     salt: &str,

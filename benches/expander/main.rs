@@ -9,8 +9,9 @@
 //!
 //! | row | what | baseline |
 //! |---|---|---|
-//! | a | cold `expand` of one ~1 GiB gzip layer (2 x 256 MiB random, 512 MiB zeros) | `gzip -dc < blob \| sha256sum` |
-//! | b | cold `expand` of a layer of ~20k small host files (4 copies of part of /usr) | the same floor |
+//! | a | cold `expand` of one ~1 GiB gzip layer (2 x 256 MiB random, 512 MiB zeros) | `gzip -dc < blob \| sha256sum`, and `igzip -dc < blob \| openssl dgst -sha256` |
+//! | b | cold `expand` of a layer of ~20k small host files (4 copies of part of /usr) | the same two floors |
+//! | k | cold `expand` of the Debian-like image of row e | the same two floors |
 //! | c | cold `expand` of the images of a and b | `skopeo copy` + `umoci raw unpack --rootless` |
 //! | d | cold `expand` of a 4-layer image | the sum of its layers expanded one by one |
 //! | e | warm `expand` of a Debian-like image (~6k entries), no layer downloaded | its cold expand |
@@ -18,11 +19,13 @@
 //! | j | peak RSS refusing the two metadata bombs of issue 12 (at most 160 MB) | a layer just under the metadata limits, accepted |
 //! | g, h | Execute latency p50/p99 and throughput at 64 clients through the expander, warm | straight to the upstream |
 //! | i | g and h for a 6k-entry and a 25k-entry image | idem |
+//! | l | storage calls per warm action, Execute p50/p99 one at a time and Execute/s at 32 in flight, with CAS, AC and scheduler in another process whose every call costs 0.25 ms (6k-entry image) | straight to that process |
 //!
 //! Everything runs on 127.0.0.1: a real CNCF Distribution registry (Debian package
 //! `docker-registry`), started here on a free port with temporary storage, and images
 //! built here (cached under `target/tmp/bench-images`). Needs the Debian packages
-//! `docker-registry`, `gzip`, `skopeo` and `umoci`; nothing is installed by the benchmark.
+//! `docker-registry`, `gzip`, `isal` (igzip), `openssl`, `skopeo` and `umoci`; nothing is
+//! installed by the benchmark.
 
 #[path = "../../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -33,8 +36,10 @@ mod engine;
 mod execute;
 mod layers;
 mod push;
+mod remote_storage;
 mod report;
 
+use engine::Floor;
 use layers::{BuiltLayer, HostSelection};
 use report::Table;
 use std::time::Instant;
@@ -46,7 +51,7 @@ pub struct Pushed {
     pub layers: Vec<BuiltLayer>,
 }
 
-const ROWS: &str = "abcdefghij";
+const ROWS: &str = "abcdefghijkl";
 
 fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -112,6 +117,10 @@ fn main() {
             bombs::child(&reference);
             return;
         }
+        Ok("storage") => {
+            remote_storage::child_storage();
+            return;
+        }
         Ok("execute") => {
             let args: Vec<String> = std::env::args().skip(1).collect();
             execute::child_rows(&args);
@@ -134,9 +143,11 @@ fn main() {
     }
     let wants = |rows: &str| rows.chars().any(|c| selected.contains(c));
     require("docker-registry", "docker-registry");
-    if wants("ab") {
+    if wants("abk") {
         require("gzip", "gzip");
         require("sha256sum", "coreutils");
+        require("igzip", "isal");
+        require("openssl", "openssl");
     }
     if wants("c") {
         require("skopeo", "skopeo");
@@ -162,7 +173,7 @@ fn main() {
     } else {
         Vec::new()
     };
-    let debian = wants("ei")
+    let debian = wants("eikl")
         .then(|| build(&|| layers::host_tree("debian-like", &debian_selection(), 1, true)));
     let big =
         wants("i").then(|| build(&|| layers::host_tree("big-25k", &big_selection(), 1, true)));
@@ -238,26 +249,36 @@ fn main() {
     let section = |name: &str| println!("== {name} (loadavg {})", report::loadavg());
     let mut huge_floor = None;
     if let (true, Some(huge)) = (wants("a"), &huge) {
-        section("a: one large gzip layer vs gzip -dc | sha256sum");
+        section("a: one large gzip layer vs the two floors");
         huge_floor = Some(
             engine::cold_vs_floor(
                 &mut table,
-                "a cold expand, 1 GiB layer vs floor",
+                "a cold expand, 1 GiB layer",
                 huge,
-                1.3,
+                &[(Floor::Gnu, 1.3), (Floor::Strong, 1.3)],
                 3,
             )
             .1,
         );
     }
     if let (true, Some(small)) = (wants("b"), &small) {
-        section("b: many small files vs gzip -dc | sha256sum");
+        section("b: many small files vs the two floors");
         engine::cold_vs_floor(
             &mut table,
-            "b cold expand, small files vs floor",
+            "b cold expand, small files",
             small,
-            1.5,
+            &[(Floor::Gnu, 1.5), (Floor::Strong, 1.3)],
             3,
+        );
+    }
+    if let (true, Some(debian)) = (wants("k"), &debian) {
+        section("k: Debian-like image vs the two floors");
+        engine::cold_vs_floor(
+            &mut table,
+            "k cold expand, Debian-like",
+            debian,
+            &[(Floor::Gnu, 1.5), (Floor::Strong, 1.3)],
+            5,
         );
     }
     if wants("c") {
@@ -327,6 +348,11 @@ fn main() {
     if !execute_images.is_empty() {
         section("g/h/i: warm Execute path");
         execute::execute_rows(&mut table, &host, &execute_images);
+    }
+
+    if let (true, Some(debian)) = (wants("l"), &debian) {
+        section("l: warm Execute path, storage and scheduler in another process");
+        remote_storage::rows(&mut table, &host, &debian.reference);
     }
 
     println!();

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub enum Target {
     /// `measured / baseline` at most this.
     RatioAtMost(f64),
+    /// `measured / baseline` at least this.
+    RatioAtLeast(f64),
     /// `measured` at most this many units.
     AtMost(f64),
     /// `measured` at least this many units.
@@ -25,6 +27,8 @@ pub enum Unit {
     Millis,
     PerSecond,
     MiB,
+    /// A number of things (calls per action).
+    Count,
 }
 
 impl Unit {
@@ -34,6 +38,7 @@ impl Unit {
             Unit::Millis => format!("{v:.3} ms"),
             Unit::PerSecond => format!("{v:.0}/s"),
             Unit::MiB => format!("{v:.0} MiB"),
+            Unit::Count => format!("{v:.2}"),
         }
     }
 }
@@ -81,6 +86,7 @@ impl Row {
     pub fn passed(&self) -> Option<bool> {
         match self.target {
             Target::RatioAtMost(limit) => self.ratio().map(|r| r <= limit),
+            Target::RatioAtLeast(limit) => self.ratio().map(|r| r >= limit),
             Target::AtMost(limit) => Some(self.measured <= limit),
             Target::AtLeast(limit) => Some(self.measured >= limit),
             Target::DeltaAtMost(limit) => self.baseline.map(|b| self.measured - b <= limit),
@@ -91,6 +97,7 @@ impl Row {
     fn target_text(&self) -> String {
         match self.target {
             Target::RatioAtMost(limit) => format!("ratio <= {limit}"),
+            Target::RatioAtLeast(limit) => format!("ratio >= {limit}"),
             Target::AtMost(limit) => format!("<= {}", self.unit.format(limit)),
             Target::AtLeast(limit) => format!(">= {}", self.unit.format(limit)),
             Target::DeltaAtMost(limit) => format!("+ <= {}", self.unit.format(limit)),

@@ -15,6 +15,8 @@
 //!   - [`fake_worker::FakeWorker`]: materialises the input root of each action from the
 //!     CAS in memory and records what it saw;
 //!   - the chroot worker of `tests/support` runs it in a chroot (needs root);
+//! - [`call_delay::CallDelayLayer`]: a fixed cost per call, for servers that stand for
+//!   storage or a scheduler on another machine (benchmarks counting round trips);
 //! - [`ManualClock`]: a clock that only moves when a test says so, for decorators that
 //!   expire things (existence caching) without sleeping in tests.
 //!
@@ -26,6 +28,7 @@
 //! ```
 
 mod blobstore_server;
+pub mod call_delay;
 mod clock;
 pub mod fake_scheduler;
 pub mod fake_worker;
