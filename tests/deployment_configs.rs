@@ -470,8 +470,10 @@ fn assert_chroot_worker_matches_the_expander(dir: &str, worker: &str, runner: &s
     let rewritten = platform_properties::rewrite(
         Some(&client),
         &options.property_names,
+        &options.property_rules,
         &options.add_platform_properties,
-    );
+    )
+    .unwrap();
     let rewritten: Vec<(String, String)> = rewritten
         .properties
         .into_iter()
