@@ -238,6 +238,10 @@ fn reference_configuration_documents_every_field() {
         "conflictPolicy",
         "addPlatformProperties",
         "requireUsrBinEnv",
+        "platformPropertyRules",
+        "imageEnvironment",
+        "checkProgramExists",
+        "requiredDirectories",
         "writeBackResults",
         "keepaliveInterval",
     ] {
