@@ -306,6 +306,60 @@ local common = import 'common.libsonnet';
     // Recommended value: true.
     requireUsrBinEnv: true,
 
+    // What happens to the platform properties of rewritten actions other than the
+    // image properties, applied in order, each to what the earlier ones left; in
+    // router mode too. Clients set up for other services send keys bb_scheduler's
+    // workers do not advertise, and bb_scheduler matches properties exactly, so such
+    // an action would wait for a worker forever. A rule matches `name`, and `value`
+    // if given (default: any value), and its `action` is one of:
+    //   'DROP'            the matching properties are removed;
+    //   'RENAME'          they get `newName` and/or `newValue`;
+    //   'SET_WHEN_ABSENT' `name=newValue` is added when no property is named `name`
+    //                     (matches by name only);
+    //   'REJECT'          the action fails with FAILED_PRECONDITION naming the
+    //                     property and the rule, with `message` for the user.
+    // Properties added by addPlatformProperties are not subject to the rules; rules
+    // for an image property are refused. Actions that name no image are forwarded
+    // untouched. Default: none. Rules for keys of other services could read:
+    //   platformPropertyRules: [
+    //     // Remote Build Execution / BuildBuddy docker options: workers here chroot.
+    //     { name: 'dockerNetwork', action: 'DROP' },
+    //     { name: 'dockerRunAsRoot', action: 'DROP' },
+    //     { name: 'dockerPrivileged', value: 'true', action: 'REJECT',
+    //       message: 'privileged containers are not offered; use an image that needs none' },
+    //     { name: 'dockerPrivileged', action: 'DROP' },
+    //     // RBE's worker pool key, as the scheduler's lower-case 'pool'.
+    //     { name: 'Pool', action: 'RENAME', newName: 'pool' },
+    //     { name: 'pool', action: 'SET_WHEN_ABSENT', newValue: 'default' },
+    //   ],
+    platformPropertyRules: [],
+
+    // Make the images' config `Env` the base of the action's environment, as a
+    // container runtime does: each variable the Command does not set is added from
+    // the images (a later image overriding an earlier one), the Command's own values
+    // win, and the result is sorted by name, as REAPI requires. What was added is
+    // listed in the provenance of the result. The config's `WorkingDir` and `User`
+    // cannot be honoured by a chroot runner (the action runs in its Command's working
+    // directory, as the worker's user); they are reported in the provenance.
+    // Default: true. Recommended value: true.
+    imageEnvironment: true,
+
+    // Refuse (FAILED_PRECONDITION naming the image and the path) actions whose
+    // program, Command.arguments[0], is not an executable file of the merged input
+    // root, symlinks inside the tree followed: an absolute path; a relative path with
+    // a '/', from the working directory; or a bare name, searched on the action's
+    // PATH after imageEnvironment ('/bin:/usr/bin' when it has none, as execvp).
+    // The action then never reaches a worker. Default: true.
+    // Recommended value: true.
+    checkProgramExists: true,
+
+    // Directories added, empty, to merged input roots that lack them: chroot runners
+    // mount /dev, /proc and /sys over them, and tools expect /tmp. A path whose place
+    // a file takes fails the action with FAILED_PRECONDITION naming the image. Paths
+    // added are listed in the provenance. '[]' adds none.
+    // Default: ['/dev', '/proc', '/sys', '/tmp'].
+    requiredDirectories: ['/dev', '/proc', '/sys', '/tmp'],
+
     // After a rewritten action succeeds (exit code 0, do_not_cache unset), write its
     // ActionResult to the Action Cache under the client's action digest too. The
     // worker stores it only under the rewritten digest, so without this the client's

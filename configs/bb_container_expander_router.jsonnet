@@ -21,7 +21,10 @@
 // The differences from proxy mode (bb_container_expander.jsonnet, where every field
 // is documented) are:
 // - `scheduler` is not set: only ActionRouter and Health are served.
-// - containerImages.writeBackResults and keepaliveInterval have no effect.
+// - containerImages.writeBackResults and keepaliveInterval have no effect; the
+//   platformPropertyRules, imageEnvironment, checkProgramExists and
+//   requiredDirectories apply as in proxy mode (a refused action fails RouteAction,
+//   which bb_scheduler reports to the client).
 // - the CAS must be the scheduler's: the rewritten Command and Directories are read
 //   from it by the workers. The Action itself travels in the RouteAction reply.
 local common = import 'common.libsonnet';

@@ -7,7 +7,10 @@
 //! with an `/etc/os-release` carrying a random marker, pushed to a real docker-registry
 //! on loopback. Bazel builds the genrules of `tests/bazel-ws` remotely with
 //! `container-image=docker://…` as default exec property; the outputs must show the
-//! image's os-release and the input file run through the image's `tr`. After
+//! image's os-release, the input file run through the image's `tr`, and a variable only
+//! the image config's `Env` sets (the image's environment is the base of the action's;
+//! Bazel 4.2.3 sets PATH for every genrule, `/bin:/usr/bin:/usr/local/bin` under
+//! `--incompatible_strict_action_env`, so PATH itself is the Command's). After
 //! `bazel clean`, a second build must be served entirely from the remote cache, through
 //! the results the expander wrote back under Bazel's own action digests.
 //!
@@ -370,7 +373,19 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
         layer.blob.len(),
         layer.tar.len()
     );
-    let image = ImageBuilder::new(Flavor::Oci).layer(layer).build();
+    let image = ImageBuilder::new(Flavor::Oci)
+        .layer(layer)
+        .config_field(
+            "config",
+            serde_json::json!({
+                "Env": [
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    format!("E2E_IMAGE_GREETING=hello from {marker}"),
+                ],
+                "WorkingDir": "/root",
+            }),
+        )
+        .build();
     registry
         .pusher()
         .push_image("test/e2e", Some("v1"), &image)
@@ -417,10 +432,13 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
         "--curses=no".into(),
         "//:os_release".into(),
         "//:uses_input".into(),
+        "//:image_env".into(),
     ]
     .into();
     let os_release_output = workspace.join("bazel-bin/os-release.txt");
     let upper_output = workspace.join("bazel-bin/input-upper.txt");
+    let image_env_output = workspace.join("bazel-bin/image-env.txt");
+    let greeting = format!("hello from {marker}\n");
 
     // First build: both genrules run on the worker, inside the image.
     let (ok, output) = bazel.run(&build).await;
@@ -435,13 +453,36 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
         std::fs::read_to_string("/etc/os-release").unwrap_or_default()
     );
     assert_eq!(read(&upper_output), "GRAFTED INPUT FILE\n");
+    assert_eq!(
+        read(&image_env_output),
+        greeting,
+        "the genrule did not get the variable of the image's Env"
+    );
     let summary = process_summary(&output);
-    assert_eq!(summary.get("remote"), Some(&2), "first build: {summary:?}");
+    assert_eq!(summary.get("remote"), Some(&3), "first build: {summary:?}");
 
     let executed = worker.executed();
-    assert_eq!(executed.len(), 2, "the worker ran {executed:?}");
+    assert_eq!(executed.len(), 3, "the worker ran {executed:?}");
     for action in &executed {
         assert_eq!(action.outcome, Ok(0));
+        // Bazel sets PATH itself, which wins over the image's; the image adds the rest.
+        let environment: BTreeMap<&str, &str> = action
+            .command
+            .environment_variables
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str()))
+            .collect();
+        assert_eq!(
+            environment.get("PATH"),
+            Some(&"/bin:/usr/bin:/usr/local/bin"),
+            "{environment:?}"
+        );
+        assert_eq!(
+            environment.get("E2E_IMAGE_GREETING").copied(),
+            Some(greeting.trim_end())
+        );
+        let names: Vec<&&str> = environment.keys().collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted: {names:?}");
         assert_eq!(action.instance_name, INSTANCE_NAME);
         assert_eq!(action.command.working_directory, "bazel_exec_root");
         assert_eq!(action.command.arguments[0], "/bin/bash");
@@ -471,16 +512,17 @@ async fn bazel_builds_inside_the_image_and_hits_the_cache_after_clean() {
     let summary = process_summary(&output);
     assert_eq!(
         summary.get("remote cache hit"),
-        Some(&2),
+        Some(&3),
         "second build: {summary:?}"
     );
     assert_eq!(
         worker.executed().len(),
-        2,
+        3,
         "the second build executed actions"
     );
     assert_eq!(read(&os_release_output), os_release);
     assert_eq!(read(&upper_output), "GRAFTED INPUT FILE\n");
+    assert_eq!(read(&image_env_output), greeting);
 
     drop(bazel);
     expander_shutdown.send(true).unwrap();

@@ -238,6 +238,10 @@ fn reference_configuration_documents_every_field() {
         "conflictPolicy",
         "addPlatformProperties",
         "requireUsrBinEnv",
+        "platformPropertyRules",
+        "imageEnvironment",
+        "checkProgramExists",
+        "requiredDirectories",
         "writeBackResults",
         "keepaliveInterval",
     ] {
@@ -470,8 +474,10 @@ fn assert_chroot_worker_matches_the_expander(dir: &str, worker: &str, runner: &s
     let rewritten = platform_properties::rewrite(
         Some(&client),
         &options.property_names,
+        &options.property_rules,
         &options.add_platform_properties,
-    );
+    )
+    .unwrap();
     let rewritten: Vec<(String, String)> = rewritten
         .properties
         .into_iter()

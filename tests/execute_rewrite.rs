@@ -48,28 +48,41 @@ async fn image_files_inputs_and_working_directory_reach_the_worker() {
     );
     assert!(seen.is_executable("src/build.sh"));
     assert_eq!(seen.file("data/input.txt"), Some(&b"input data\n"[..]));
+    // The directories a chroot runner needs, added empty (requiredDirectories).
+    for added in ["dev", "proc", "sys", "tmp"] {
+        assert!(seen.is_directory(added), "{added}");
+    }
     // Nothing else.
     let paths: Vec<&str> = seen.input_root.keys().map(String::as_str).collect();
     assert_eq!(
         paths,
         vec![
+            "bin",
             "data",
             "data/input.txt",
+            "dev",
             "etc",
             "etc/os-release",
             "lib",
+            "proc",
             "src",
             "src/build.sh",
             "src/main.c",
+            "sys",
+            "tmp",
             "usr",
             "usr/bin",
             "usr/bin/env",
+            "usr/bin/sh",
+            "usr/bin/true",
             "usr/lib",
             "usr/lib/libc.so.6",
             "workspace",
         ]
     );
-    // The Command: only working directory (unchanged here) and platform may differ.
+    // The Command: only working directory (unchanged here), platform and the
+    // variables of the image's Env the Command does not set (here none: the test
+    // image's Env has only PATH, which the Command sets) may differ.
     assert_eq!(seen.command.working_directory, "src");
     assert!(seen.is_directory(&seen.command.working_directory));
     assert_eq!(seen.command.arguments, stored.command.arguments);
@@ -101,6 +114,17 @@ async fn image_files_inputs_and_working_directory_reach_the_worker() {
         Some(seen.action_digest())
     );
     assert_eq!(provenance[0].instance_name, INSTANCE);
+    assert_eq!(
+        provenance[0].added_directories,
+        vec!["/dev", "/proc", "/sys", "/tmp"]
+    );
+    assert!(provenance[0].added_environment_variables.is_empty());
+    assert!(
+        !provenance[0].images[0].from_cache,
+        "expanded for this action"
+    );
+    assert!(provenance[0].expand_duration.is_some());
+    assert!(provenance[0].rewrite_duration.is_some());
     expander.stop().await;
 }
 

@@ -4,11 +4,13 @@
 //! [`RewriteOptions`], the settings of `containerImages` that decide how actions are
 //! rewritten.
 
+use super::property_rules::{PropertyRule, RuleAction};
 use super::ActionRewriter;
 use crate::blobstore::ContentAddressableStorage;
 use crate::config::container_images::{
-    ConflictPolicy, ContainerImagesConfiguration, DEFAULT_DIRECTORY_CACHE_SIZE_BYTES,
-    DEFAULT_PLATFORM_PROPERTY_NAME,
+    ConflictPolicy, ContainerImagesConfiguration, PlatformPropertyRule, PropertyRuleAction,
+    DEFAULT_DIRECTORY_CACHE_SIZE_BYTES, DEFAULT_PLATFORM_PROPERTY_NAME,
+    DEFAULT_REQUIRED_DIRECTORIES,
 };
 use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
 use crate::image::ImageExpander;
@@ -33,6 +35,14 @@ pub struct RewriteOptions {
     /// Refuse images without an executable `/usr/bin/env` (bb_runner's chroot mode
     /// executes commands through it).
     pub require_usr_bin_env: bool,
+    /// What happens to the other platform properties (`platformPropertyRules`).
+    pub property_rules: Vec<PropertyRule>,
+    /// The images' `Env` is the base of the action's environment.
+    pub image_environment: bool,
+    /// Refuse actions whose program is not in the merged tree.
+    pub check_program_exists: bool,
+    /// Directories added empty where the merged tree lacks them.
+    pub required_directories: Vec<String>,
     pub maximum_message_size_bytes: usize,
     /// The platform chosen when an action has no `ISA`.
     pub default_platform: Platform,
@@ -73,8 +83,49 @@ pub fn new_rewrite_options_from_configuration(
             })
             .collect(),
         require_usr_bin_env: configuration.require_usr_bin_env,
+        property_rules: configuration
+            .platform_property_rules
+            .iter()
+            .map(new_property_rule_from_configuration)
+            .collect(),
+        image_environment: configuration.image_environment,
+        check_program_exists: configuration.check_program_exists,
+        required_directories: configuration
+            .required_directories
+            .clone()
+            .unwrap_or_else(|| {
+                DEFAULT_REQUIRED_DIRECTORIES
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect()
+            }),
         maximum_message_size_bytes,
         default_platform: new_platform_from_configuration(&configuration.default_platform),
+    }
+}
+
+/// One of `platformPropertyRules` (validated: the fields its action needs are set).
+fn new_property_rule_from_configuration(rule: &PlatformPropertyRule) -> PropertyRule {
+    let action = match rule.action {
+        PropertyRuleAction::Drop => RuleAction::Drop,
+        PropertyRuleAction::Rename => RuleAction::Rename {
+            name: rule.new_name.clone(),
+            value: rule.new_value.clone(),
+        },
+        PropertyRuleAction::SetWhenAbsent => RuleAction::SetWhenAbsent {
+            value: rule.new_value.clone().unwrap_or_default(),
+        },
+        PropertyRuleAction::Reject => RuleAction::Reject {
+            message: rule
+                .message
+                .clone()
+                .unwrap_or_else(|| "this service does not offer it".into()),
+        },
+    };
+    PropertyRule {
+        name: rule.name.clone(),
+        value: rule.value.clone(),
+        action,
     }
 }
 

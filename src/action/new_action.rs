@@ -1,7 +1,9 @@
 //! The new action (step 5 of docs/how-it-works.md): a Command whose working directory
-//! moved with the input root, an Action naming the merged root and the new Command, and
-//! a platform without the image properties, with `addPlatformProperties` added. Every
-//! other field (timeout, `do_not_cache`, salt, …) is kept. The new Directories, the
+//! moved with the input root and whose environment has the images' `Env` as its base
+//! (`environment.rs`), an Action naming the merged root and the new Command, and a
+//! platform without the image properties, the others passed through
+//! `platformPropertyRules`, with `addPlatformProperties` added. Every other field
+//! (timeout, `do_not_cache`, salt, …) is kept. The new Directories, the
 //! Command and the Action are uploaded in one batch (with the blobs of the mapping
 //! record in proxy mode), without asking first what the CAS lacks.
 
@@ -10,7 +12,6 @@
 #![allow(deprecated)]
 
 use super::images::ImageProperty;
-use super::platform_properties;
 use super::{RewriteOptions, RewrittenAction};
 use crate::blobstore::{ContentAddressableStorage, Instance};
 use crate::digest::DigestFunction;
@@ -20,6 +21,7 @@ use crate::proto::reapi;
 use crate::status::wrap;
 use bytes::Bytes;
 use std::collections::HashSet;
+use std::time::Duration;
 use tonic::Status;
 
 /// The platform whose properties decide: the Action's, else (older clients) the
@@ -52,22 +54,27 @@ pub(crate) struct NewAction {
     pub blobs: Vec<(reapi::Digest, Bytes)>,
 }
 
-/// The client's `action` and `command` rewritten to run in `merged_root`.
+/// What the new Command and Action are made of besides the client's.
+pub(crate) struct Changes {
+    pub working_directory: String,
+    /// The environment, sorted by name.
+    pub environment_variables: Vec<reapi::command::EnvironmentVariable>,
+    /// The rewritten platform (`platform_properties::rewrite`).
+    pub platform: reapi::Platform,
+    pub merged_root: reapi::Digest,
+}
+
+/// The client's `action` and `command` rewritten to run in `changes.merged_root`.
 pub(crate) fn build(
     function: DigestFunction,
     action: &reapi::Action,
     command: &reapi::Command,
-    working_directory: String,
-    merged_root: &reapi::Digest,
-    options: &RewriteOptions,
+    changes: Changes,
 ) -> NewAction {
-    let new_platform = platform_properties::rewrite(
-        deciding_platform(action, command),
-        &options.property_names,
-        &options.add_platform_properties,
-    );
+    let new_platform = changes.platform;
     let new_command = reapi::Command {
-        working_directory,
+        working_directory: changes.working_directory,
+        environment_variables: changes.environment_variables,
         // Command.platform mirrors the Action's when the client set it, so that a
         // server reading either sees the same platform.
         platform: command.platform.as_ref().map(|_| new_platform.clone()),
@@ -76,7 +83,7 @@ pub(crate) fn build(
     let (command_digest, command_bytes) = crate::digest::encode_message(function, &new_command);
     let new_action = reapi::Action {
         command_digest: Some(command_digest.clone()),
-        input_root_digest: Some(merged_root.clone()),
+        input_root_digest: Some(changes.merged_root),
         platform: Some(new_platform),
         ..action.clone()
     };
@@ -109,6 +116,17 @@ pub(crate) async fn upload(
         .map_err(|s| wrap(s, "Failed to upload the rewritten action"))
 }
 
+/// How a rewrite came about, beyond the images and the new action.
+pub(crate) struct Record {
+    pub merged_root: reapi::Digest,
+    /// Variables taken from the images' `Env`.
+    pub added_environment_variables: Vec<reapi::command::EnvironmentVariable>,
+    /// `requiredDirectories` added to the merged tree.
+    pub added_directories: Vec<String>,
+    pub expand_duration: Duration,
+    pub rewrite_duration: Duration,
+}
+
 /// The rewritten action with the record of how it came about (returned to the client
 /// with the result).
 pub(crate) fn rewritten(
@@ -117,7 +135,7 @@ pub(crate) fn rewritten(
     original_digest: Option<&reapi::Digest>,
     images: &[ImageProperty],
     expanded: &[ExpandedImage],
-    merged_root: reapi::Digest,
+    record: Record,
     new: NewAction,
 ) -> RewrittenAction {
     let provenance = ExpansionProvenance {
@@ -128,19 +146,33 @@ pub(crate) fn rewritten(
                 reference: image.text.clone(),
                 manifest_digest: expanded.manifest_digest.clone(),
                 root_directory_digest: Some(expanded.root_directory_digest.clone()),
+                from_cache: expanded.from_cache,
+                working_dir: expanded.runtime_config.working_dir.clone(),
+                user: expanded.runtime_config.user.clone(),
             })
             .collect(),
-        merged_input_root_digest: Some(merged_root),
+        merged_input_root_digest: Some(record.merged_root),
         original_action_digest: original_digest.cloned(),
         instance_name: instance.name.clone(),
         do_not_cache: original.do_not_cache,
         rewritten_action_digest: Some(new.action_digest.clone()),
+        added_environment_variables: record.added_environment_variables,
+        added_directories: record.added_directories,
+        expand_duration: Some(duration(record.expand_duration)),
+        rewrite_duration: Some(duration(record.rewrite_duration)),
     };
     RewrittenAction {
         action: new.action,
         action_digest: new.action_digest,
         provenance,
         mapping_blobs_uploaded: false,
+    }
+}
+
+fn duration(d: Duration) -> crate::proto::protobuf::Duration {
+    crate::proto::protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
     }
 }
 

@@ -4,9 +4,11 @@
 //!
 //! bb_scheduler requires the properties to be strictly increasing by (name, value), in
 //! byte order, and matches them exactly against what workers advertise. The rewritten
-//! list therefore drops every image property, adds the configured ones, sorts and
-//! removes exact duplicates.
+//! list therefore drops every image property, applies `platformPropertyRules`
+//! (`property_rules.rs`) to the others, adds the configured ones, sorts and removes
+//! exact duplicates.
 
+use super::property_rules::{self, PropertyRule};
 use crate::proto::reapi;
 use crate::registry::Platform;
 use tonic::Status;
@@ -31,24 +33,27 @@ pub(crate) fn wanted_platform(
     Platform::from_reapi(&values("OSFamily"), &values("ISA"), default)
 }
 
-/// `platform` without the image properties, with `add` added, sorted strictly.
+/// `platform` without the image properties, the others passed through `rules`, with
+/// `add` added, sorted strictly. FAILED_PRECONDITION when a rule rejects a property.
 pub fn rewrite(
     platform: Option<&reapi::Platform>,
     image_property_names: &[String],
+    rules: &[PropertyRule],
     add: &[reapi::platform::Property],
-) -> reapi::Platform {
-    let mut properties: Vec<reapi::platform::Property> = platform
+) -> Result<reapi::Platform, Status> {
+    let others: Vec<reapi::platform::Property> = platform
         .map(|p| p.properties.clone())
         .unwrap_or_default()
         .into_iter()
         .filter(|property| !image_property_names.contains(&property.name))
-        .chain(add.iter().cloned())
         .collect();
+    let mut properties = property_rules::apply(rules, others)?;
+    properties.extend(add.iter().cloned());
     properties.sort_by(|a, b| {
         (a.name.as_bytes(), a.value.as_bytes()).cmp(&(b.name.as_bytes(), b.value.as_bytes()))
     });
     properties.dedup();
-    reapi::Platform { properties }
+    Ok(reapi::Platform { properties })
 }
 
 #[cfg(test)]
@@ -75,7 +80,8 @@ mod tests {
             ("pool", "default"),
         ]);
         let add = p(&[("chroot", "true"), ("OSFamily", "linux"), ("Arch", "x")]).properties;
-        let rewritten = rewrite(Some(&platform), &["container-image".to_string()], &add);
+        let rewritten =
+            rewrite(Some(&platform), &["container-image".to_string()], &[], &add).unwrap();
         assert_eq!(
             rewritten,
             p(&[
@@ -85,6 +91,39 @@ mod tests {
                 ("pool", "default")
             ])
         );
+    }
+
+    #[test]
+    fn rules_see_no_image_property_and_added_properties_are_not_ruled() {
+        use super::property_rules::RuleAction;
+        let platform = p(&[
+            ("container-image", "docker://a/b:1"),
+            ("dockerNetwork", "off"),
+        ]);
+        let reject_all = |name: &str| PropertyRule {
+            name: name.into(),
+            value: None,
+            action: RuleAction::Reject {
+                message: "no".into(),
+            },
+        };
+        let names = ["container-image".to_string()];
+        let add = p(&[("chroot", "true")]).properties;
+        // A rule on the image property never sees it; one on an added property neither.
+        let rules = [reject_all("container-image"), reject_all("chroot")];
+        let rewritten = rewrite(Some(&platform), &names, &rules, &add).unwrap();
+        assert_eq!(
+            rewritten,
+            p(&[("chroot", "true"), ("dockerNetwork", "off")])
+        );
+        let err = rewrite(
+            Some(&platform),
+            &names,
+            &[reject_all("dockerNetwork")],
+            &add,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     }
 
     #[test]

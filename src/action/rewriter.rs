@@ -1,7 +1,10 @@
-//! The rewrite of one action (steps 1-5 of docs/how-it-works.md), as named steps:
+//! The rewrite of one action (steps 1-5 of docs/how-it-works.md), as named steps: the
+//! platform's other properties pass `platformPropertyRules` (`platform_properties.rs`),
 //! the images its platform names are expanded (`images.rs`), stacked and the client's
-//! input root is grafted onto them (`merge_step.rs`), the merged tree is checked
-//! (`checks_step.rs`), and a new Command and Action are written (`new_action.rs`).
+//! input root is grafted onto them (`merge_step.rs`), the environment gets the images'
+//! `Env` as its base (`environment.rs`), the required directories are added and the
+//! merged tree is checked (`checks_step.rs`), and a new Command and Action are written
+//! (`new_action.rs`).
 //!
 //! Everything on this path is proportional to the client's inputs and to the directories
 //! where image and inputs overlap, not to the image: the image trees come from the
@@ -11,7 +14,8 @@
 //! a malformed reference or a clash between inputs and image, FAILED_PRECONDITION (with
 //! REAPI's PreconditionFailure naming the missing digests) for a missing Action, Command
 //! or input Directory, FAILED_PRECONDITION (without one) for a missing image or an image
-//! without `usr/bin/env`, PERMISSION_DENIED for a registry that is not allowed or
+//! without `usr/bin/env` or without the program the Command runs, or a property a rule
+//! rejects, PERMISSION_DENIED for a registry that is not allowed or
 //! rejected credentials, UNAVAILABLE for transient faults. A missing image is never
 //! NOT_FOUND: on an Execute stream that code means "operation not found", which clients
 //! answer by executing again.
@@ -21,8 +25,10 @@
 //! rewrite is done once more, which re-expands what is missing; the client is not blamed.
 
 use super::checks_step::{self, Checked};
+use super::environment::{self, Environment};
 use super::failure::Failure;
 use super::images::{self, ImageProperty};
+use super::new_action::{Changes, Record};
 use super::results::ResultMapper;
 use super::written_overlay::WrittenOverlay;
 use super::{inputs, merge_step, new_action, platform_properties, RewriteOptions};
@@ -165,7 +171,8 @@ impl ActionRewriter {
         }
     }
 
-    /// One attempt: images, merge, checks, new action.
+    /// One attempt: platform rules, images, merge, environment, required directories,
+    /// checks, new action.
     async fn rewrite_once(
         &self,
         instance: &Instance,
@@ -176,8 +183,18 @@ impl ActionRewriter {
     ) -> Result<RewrittenAction, Failure> {
         let options = &self.options;
         let platform = new_action::deciding_platform(action, command);
+        // Before anything is expanded: a rejected property fails the action at once.
+        let new_platform = platform_properties::rewrite(
+            platform,
+            &options.property_names,
+            &options.property_rules,
+            &options.add_platform_properties,
+        )?;
         let wanted = platform_properties::wanted_platform(platform, &options.default_platform)?;
+        let expand_started = Instant::now();
         let expanded = images::expand_in_order(&self.expander, instance, images, &wanted).await?;
+        let expand_duration = expand_started.elapsed();
+        let rewrite_started = Instant::now();
 
         let cached = self.directories.source(self.cas.clone(), instance.clone());
         let mut source = WrittenOverlay::new(&cached, &self.directories);
@@ -185,7 +202,7 @@ impl ActionRewriter {
             source.add_read(digest.clone(), directory.clone());
         }
         let input_root = action.input_root_digest.as_ref();
-        let merged = merge_step::merge(
+        let mut merged = merge_step::merge(
             &mut source,
             &*self.cas,
             instance,
@@ -195,34 +212,61 @@ impl ActionRewriter {
         )
         .await?;
 
+        let environment = if options.image_environment {
+            let configs: Vec<_> = expanded.iter().map(|e| &e.runtime_config).collect();
+            environment::with_images(&command.environment_variables, &configs)
+        } else {
+            Environment {
+                variables: command.environment_variables.clone(),
+                added: Vec::new(),
+            }
+        };
+        let texts = images::texts(images);
+        let added_directories = checks_step::add_required_directories(
+            &mut source,
+            &*self.cas,
+            instance,
+            &mut merged,
+            &options.required_directories,
+            &texts,
+        )
+        .await?;
         let working_directory = new_action::working_directory(options, command);
         let checked = Checked {
             merged: &merged,
             working_directory: &working_directory,
             command,
             require_usr_bin_env: options.require_usr_bin_env,
-            images: &images::texts(images),
+            check_program: options.check_program_exists,
+            path_variable: environment::value(&environment.variables, "PATH"),
+            images: &texts,
         };
         checks_step::check(&source, &*self.cas, instance, checked).await?;
 
         let function = instance.digest_function;
-        let new = new_action::build(
-            function,
-            action,
-            command,
+        let changes = Changes {
             working_directory,
-            &merged.root,
-            options,
-        );
+            environment_variables: environment.variables,
+            platform: new_platform,
+            merged_root: merged.root.clone(),
+        };
+        let new = new_action::build(function, action, command, changes);
         let mut uploads = merged.new_directories;
         uploads.extend(new.blobs.iter().cloned());
+        let record = Record {
+            merged_root: merged.root,
+            added_environment_variables: environment.added,
+            added_directories,
+            expand_duration,
+            rewrite_duration: rewrite_started.elapsed(),
+        };
         let mut rewritten = new_action::rewritten(
             instance,
             action,
             attempt.original_digest,
             images,
             &expanded,
-            merged.root,
+            record,
             new,
         );
         if attempt.mapping {

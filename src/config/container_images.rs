@@ -54,6 +54,8 @@ pub const DEFAULT_DIRECTORY_CACHE_SIZE_BYTES: u64 = 256 << 20;
 pub const DEFAULT_PLATFORM_PROPERTY_NAME: &str = "container-image";
 /// `keepaliveInterval` when unset.
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// `requiredDirectories` when unset: what chroot runners mount over, and `/tmp`.
+pub const DEFAULT_REQUIRED_DIRECTORIES: &[&str] = &["/dev", "/proc", "/sys", "/tmp"];
 /// `defaultPlatform.os` when `defaultPlatform` is unset.
 pub const DEFAULT_PLATFORM_OS: &str = "linux";
 /// `defaultPlatform.architecture` when `defaultPlatform` is unset.
@@ -209,6 +211,28 @@ pub struct ContainerImagesConfiguration {
     /// chrootIntoInputRoot mode executes commands through. Default: true.
     #[serde(default = "default_true")]
     pub require_usr_bin_env: bool,
+    /// What happens to the platform properties of rewritten actions other than the
+    /// image properties, in order: each rule matches `name` (and `value`, if given) and
+    /// drops, renames, sets when absent or rejects. Properties added by
+    /// `addPlatformProperties` are not subject to them. Default: none.
+    #[serde(default)]
+    pub platform_property_rules: Vec<PlatformPropertyRule>,
+    /// Give actions the images' `Env` as the base of their environment: variables the
+    /// Command does not set are added from the images (a later image overriding an
+    /// earlier one), the Command's values win. Default: true.
+    #[serde(default = "default_true")]
+    pub image_environment: bool,
+    /// Refuse (FAILED_PRECONDITION) actions whose program, `arguments[0]`, is not an
+    /// executable file of the merged input root: an absolute path, a relative path from
+    /// the working directory, or a bare name on the action's `PATH` (after
+    /// `imageEnvironment`). Default: true.
+    #[serde(default = "default_true")]
+    pub check_program_exists: bool,
+    /// Directories added, empty, to merged input roots that lack them (chroot runners
+    /// mount /dev, /proc and /sys over them; tools expect /tmp). '[]' adds none.
+    /// Default: [`DEFAULT_REQUIRED_DIRECTORIES`] (['/dev', '/proc', '/sys', '/tmp']).
+    #[serde(default)]
+    pub required_directories: Option<Vec<String>>,
     /// Write successful results of rewritten actions to the Action Cache under the
     /// client's action digest too, so the client's next GetActionResult hits.
     /// Default: true.
@@ -230,6 +254,42 @@ fn default_true() -> bool {
 pub struct PlatformProperty {
     pub name: String,
     pub value: String,
+}
+
+/// `platformPropertyRules[]`: which properties a rule matches, and what it does.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformPropertyRule {
+    /// The property name matched.
+    pub name: String,
+    /// The value matched. Default: any value. Not allowed with `SET_WHEN_ABSENT`.
+    #[serde(default)]
+    pub value: Option<String>,
+    pub action: PropertyRuleAction,
+    /// `RENAME`: the new name. Default: the name is kept.
+    #[serde(default)]
+    pub new_name: Option<String>,
+    /// `RENAME`: the new value (default: the value is kept); `SET_WHEN_ABSENT`: the
+    /// value set (required).
+    #[serde(default)]
+    pub new_value: Option<String>,
+    /// `REJECT`: the explanation given to the user in the error. Default: none.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `platformPropertyRules[].action`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PropertyRuleAction {
+    /// The matching properties are removed.
+    Drop,
+    /// The matching properties get `newName` and/or `newValue`.
+    Rename,
+    /// `name=newValue` is added when no property is named `name`.
+    SetWhenAbsent,
+    /// An action with a matching property fails with FAILED_PRECONDITION.
+    Reject,
 }
 
 /// `conflictPolicy`. Default: `STRICT`.
@@ -363,6 +423,48 @@ pub struct BasicCredentials {
     pub password: String,
 }
 
+impl PlatformPropertyRule {
+    /// The fields this rule's action needs are set, and no other.
+    fn validate(&self, image_property_names: &[String]) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if image_property_names.contains(&self.name) {
+            return Err(format!(
+                "{:?} is an image property (platformPropertyName), which rules do not apply to",
+                self.name
+            ));
+        }
+        let (new_name, new_value, message) = (
+            self.new_name.is_some(),
+            self.new_value.is_some(),
+            self.message.is_some(),
+        );
+        match self.action {
+            PropertyRuleAction::Drop if new_name || new_value || message => {
+                Err("DROP takes no newName, newValue or message".into())
+            }
+            PropertyRuleAction::Rename if message => Err("RENAME takes no message".into()),
+            PropertyRuleAction::Rename if !new_name && !new_value => {
+                Err("RENAME needs newName, newValue or both".into())
+            }
+            PropertyRuleAction::Rename if self.new_name.as_deref() == Some("") => {
+                Err("newName must not be empty".into())
+            }
+            PropertyRuleAction::SetWhenAbsent if self.value.is_some() || new_name || message => {
+                Err("SET_WHEN_ABSENT matches by name only and takes only newValue".into())
+            }
+            PropertyRuleAction::SetWhenAbsent if !new_value => {
+                Err("SET_WHEN_ABSENT needs newValue".into())
+            }
+            PropertyRuleAction::Reject if new_name || new_value => {
+                Err("REJECT takes no newName or newValue".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 impl ContainerImagesConfiguration {
     /// Checks what the types cannot express and needs no other module. The registry
     /// settings (host syntax, supported platforms) are checked by
@@ -379,6 +481,23 @@ impl ContainerImagesConfiguration {
                 "inputRootDirectory: {:?} must be a plain relative path",
                 self.input_root_directory
             ));
+        }
+        let image_names = self
+            .platform_property_name
+            .clone()
+            .unwrap_or_else(|| vec![DEFAULT_PLATFORM_PROPERTY_NAME.into()]);
+        for (index, rule) in self.platform_property_rules.iter().enumerate() {
+            rule.validate(&image_names)
+                .map_err(|e| format!("platformPropertyRules[{index}]: {e}"))?;
+        }
+        for path in self.required_directories.iter().flatten() {
+            let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+            if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
+                return Err(format!(
+                    "requiredDirectories: {path:?} must name a directory below the root, \
+                     without '.' or '..'"
+                ));
+            }
         }
         if self.maximum_concurrent_layer_ingests == Some(0) {
             return Err("maximumConcurrentLayerIngests: must be at least 1".into());

@@ -210,3 +210,93 @@ fn shipped_local_configuration_uses_the_default_memory_size() {
             if m.maximum_size_bytes == blobstore::DEFAULT_MEMORY_MAXIMUM_SIZE_BYTES
     ));
 }
+
+fn container_images(text: &str) -> container_images::ContainerImagesConfiguration {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn image_environment_checks_and_rules_have_their_defaults() {
+    let c = container_images::ContainerImagesConfiguration::default();
+    assert!(c.image_environment && c.check_program_exists);
+    assert!(c.platform_property_rules.is_empty());
+    assert_eq!(c.required_directories, None);
+    let options = crate::action::configuration::new_rewrite_options_from_configuration(&c, 1 << 20);
+    assert_eq!(
+        options.required_directories,
+        vec!["/dev", "/proc", "/sys", "/tmp"]
+    );
+    let off = container_images(
+        r#"{"imageEnvironment": false, "checkProgramExists": false, "requiredDirectories": []}"#,
+    );
+    let options =
+        crate::action::configuration::new_rewrite_options_from_configuration(&off, 1 << 20);
+    assert!(!options.image_environment && !options.check_program_exists);
+    assert!(options.required_directories.is_empty());
+}
+
+#[test]
+fn platform_property_rules_are_validated_per_action() {
+    let valid = container_images(
+        r#"{"platformPropertyRules": [
+            {"name": "dockerNetwork", "action": "DROP"},
+            {"name": "Pool", "action": "RENAME", "newName": "pool"},
+            {"name": "size", "value": "xl", "action": "RENAME", "newValue": "large"},
+            {"name": "pool", "action": "SET_WHEN_ABSENT", "newValue": "default"},
+            {"name": "dockerPrivileged", "value": "true", "action": "REJECT", "message": "no"}
+        ]}"#,
+    );
+    valid.validate().unwrap();
+    let cases = [
+        (
+            r#"{"name": "x", "action": "DROP", "newName": "y"}"#,
+            "DROP takes no",
+        ),
+        (
+            r#"{"name": "x", "action": "RENAME"}"#,
+            "RENAME needs newName",
+        ),
+        (
+            r#"{"name": "x", "action": "RENAME", "newName": ""}"#,
+            "newName must not be empty",
+        ),
+        (
+            r#"{"name": "x", "action": "SET_WHEN_ABSENT"}"#,
+            "needs newValue",
+        ),
+        (
+            r#"{"name": "x", "value": "1", "action": "SET_WHEN_ABSENT", "newValue": "2"}"#,
+            "matches by name only",
+        ),
+        (
+            r#"{"name": "x", "action": "REJECT", "newValue": "2"}"#,
+            "REJECT takes no",
+        ),
+        (
+            r#"{"name": "container-image", "action": "DROP"}"#,
+            "is an image property",
+        ),
+        (
+            r#"{"name": "", "action": "DROP"}"#,
+            "name must not be empty",
+        ),
+    ];
+    for (rule, reason) in cases {
+        let c = container_images(&format!(r#"{{"platformPropertyRules": [{rule}]}}"#));
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.starts_with("platformPropertyRules[0]: ") && err.contains(reason),
+            "{rule}: {err}"
+        );
+    }
+    let unknown: Result<container_images::ContainerImagesConfiguration, _> =
+        serde_json::from_str(r#"{"platformPropertyRules": [{"name": "x", "action": "DELETE"}]}"#);
+    assert!(unknown.is_err());
+    for path in ["/", "../etc", "/tmp/./x"] {
+        let c = container_images(&format!(r#"{{"requiredDirectories": ["{path}"]}}"#));
+        assert!(
+            c.validate().unwrap_err().starts_with("requiredDirectories"),
+            "{path}"
+        );
+    }
+}

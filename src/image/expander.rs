@@ -24,7 +24,7 @@ use super::stage::timed;
 use super::tag_resolver::TagResolver;
 use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
 use crate::layer::IngestOptions;
-use crate::proto::cache::{ImageRecord, ImageStatistics};
+use crate::proto::cache::{ImageRecord, ImageRuntimeConfig, ImageStatistics};
 use crate::proto::reapi;
 use crate::registry::{Platform, Reference, Registry};
 use crate::status::wrap;
@@ -70,6 +70,8 @@ pub struct ExpandedImage {
     pub manifest_digest: String,
     pub root_directory_digest: reapi::Digest,
     pub statistics: ImageStatistics,
+    /// The config's `Env`, `WorkingDir` and `User`.
+    pub runtime_config: ImageRuntimeConfig,
     pub timings: StepTimings,
     /// Whether the tree came from a cache (no layer was ingested).
     pub from_cache: bool,
@@ -200,6 +202,7 @@ impl ImageExpander {
             manifest_digest: tree.record.manifest_digest.clone(),
             root_directory_digest: tree.root_directory_digest(),
             statistics: tree.record.statistics.unwrap_or_default(),
+            runtime_config: tree.record.runtime_config.clone().unwrap_or_default(),
             timings,
             from_cache: tree.from_cache,
             layers_ingested: tree.layers_ingested,

@@ -128,6 +128,7 @@ fn record(call: usize, resolved: &str, referenced: Vec<reapi::Digest>) -> ImageR
         root_directory_digest: Some(root),
         referenced_blobs: referenced,
         resolved_digest: resolved.to_string(),
+        runtime_config: Some(Default::default()),
         ..Default::default()
     }
 }

@@ -5,7 +5,8 @@
 //! source (`image_source.rs`), the layer chain source (`chain_source.rs`) and the layer
 //! source (`layer_source.rs`). Each has a plain implementation that does the work:
 //!
-//! - `registry_image_source.rs`: metadata from the registry, then the layer chain;
+//! - `registry_image_source.rs`: metadata from the registry, then the layer chain, the
+//!   config's runtime settings read by `runtime_config.rs`;
 //! - `tree_builder.rs`: changesets applied in order, encoded and uploaded;
 //! - `registry_layer_source.rs`: a layer downloaded and ingested, within the slots of
 //!   `ingestion_slots.rs`.
@@ -40,6 +41,7 @@ pub mod metrics_source;
 pub mod record_validation;
 pub mod registry_image_source;
 pub mod registry_layer_source;
+pub mod runtime_config;
 pub mod single_flight;
 pub mod stage;
 pub mod tag_resolver;

@@ -11,8 +11,9 @@
 //! - every record of a tree (image or chain of layers): the root Directory digest is
 //!   present and well formed for the instance's digest function, every referenced blob
 //!   is well formed, and the root is among them (unless it is the empty Directory);
-//! - an image record: it was made for the digest the reference resolved to, and names a
-//!   manifest;
+//! - an image record: it was made for the digest the reference resolved to, names a
+//!   manifest, and carries the config's runtime settings (a record written before they
+//!   were kept lacks them and is rebuilt);
 //! - a chain record: it applied exactly the requested layers, in order;
 //! - a layer changeset: its DiffID and compressed digest are the layer's, and every file
 //!   digest in it is well formed.
@@ -43,6 +44,13 @@ impl ValidatesRecord<ImageRecord> for PinnedImage {
         }
         if record.manifest_digest.is_empty() {
             return Err("it names no manifest".into());
+        }
+        if record.runtime_config.is_none() {
+            return Err(
+                "it has no runtime config (Env, WorkingDir, User): it was written by an \
+                 older version"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -148,6 +156,7 @@ mod tests {
             statistics: None,
             resolved_digest: IMAGE.into(),
             layer_digests: vec![LAYER.into()],
+            runtime_config: Some(Default::default()),
         }
     }
 
@@ -270,6 +279,18 @@ mod tests {
         };
         let error = image().validate(&instance(), &no_manifest).unwrap_err();
         assert!(error.contains("no manifest"), "{error}");
+    }
+
+    #[test]
+    fn an_image_record_without_runtime_config_is_rebuilt() {
+        let old = ImageRecord {
+            runtime_config: None,
+            ..image_record()
+        };
+        let error = image().validate(&instance(), &old).unwrap_err();
+        assert!(error.contains("no runtime config"), "{error}");
+        // Chain records never carry one.
+        chain().validate(&instance(), &old).unwrap();
     }
 
     #[test]

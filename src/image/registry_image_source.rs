@@ -1,10 +1,12 @@
 //! The plain image source: fetches the image's metadata from its registry (index,
 //! manifest for the platform, config), refuses images whose layers together exceed
 //! `maximum_image_size_bytes`, and asks the layer chain source for the tree of its
-//! layers. Answers with that tree's record, naming the manifest.
+//! layers. Answers with that tree's record, naming the manifest and carrying the
+//! config's runtime settings (`Env`, `WorkingDir`, `User`).
 
 use super::chain_source::{ChainRequest, ChainSource};
 use super::image_source::{ExpandedTree, ImageRequest};
+use super::runtime_config::parse_runtime_config;
 use super::stage::{timed, Origin};
 use crate::proto::cache::ImageRecord;
 use crate::registry::Registry;
@@ -55,6 +57,7 @@ impl RegistryImageSource {
                 self.maximum_image_size_bytes
             )));
         }
+        let runtime_config = parse_runtime_config(&metadata.config)?;
         let chain = ChainRequest::for_layers(
             &request.instance,
             pinned.clone(),
@@ -68,6 +71,7 @@ impl RegistryImageSource {
             record: Arc::new(ImageRecord {
                 manifest_digest: metadata.manifest_digest,
                 resolved_digest: pinned.digest().unwrap_or_default().to_string(),
+                runtime_config: Some(runtime_config),
                 ..(*tree.record).clone()
             }),
             origin: Origin::Built,

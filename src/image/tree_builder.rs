@@ -195,6 +195,7 @@ impl TreeBuilder {
                 statistics: Some(statistics),
                 resolved_digest: String::new(),
                 layer_digests: layers.iter().map(|l| l.digest.clone()).collect(),
+                runtime_config: None,
             }),
             origin: Origin::Built,
             from_cache: false,

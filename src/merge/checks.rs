@@ -7,7 +7,10 @@
 //! - [`check_output_paths`]: the worker can create every output path's parents, and no
 //!   output path is already image content.
 //! - [`check_usr_bin_env`]: `usr/bin/env` resolves to an executable file, as
-//!   bb_runner's `chroot_into_input_root` needs.
+//!   bb_runner's `chroot_into_input_root` needs;
+//! - [`check_program`]: the program a Command runs (`arguments[0]`) resolves to an
+//!   executable file: an absolute path from the root, a relative path with a `/` from
+//!   the working directory, a bare name through the directories of `PATH`.
 //!
 //! The directories a merge wrote must be readable through the source given here
 //! (uploaded to the CAS, or held by a caching source) before these checks run.
@@ -200,6 +203,107 @@ pub async fn check_usr_bin_env(
         "MissingUsrBinEnv: \"usr/bin/env\" {problem} in the merged input root; bb_runner with \
          chroot_into_input_root runs every command through /usr/bin/env (docs/design/directories.md#running-in-a-chroot)"
     )))
+}
+
+/// `PATH` when the environment has none: what `execvp` (and so `env`) searches then
+/// (glibc's `confstr(_CS_PATH)`).
+pub const DEFAULT_SEARCH_PATH: &str = "/bin:/usr/bin";
+
+/// `program` (a Command's `arguments[0]`) must resolve to an executable file of the
+/// merged tree `root`, following symlinks inside it, the way `execvp` inside a chroot
+/// at `root` with working directory `working_directory` (relative to the root) and the
+/// given `PATH` (`None`: [`DEFAULT_SEARCH_PATH`]) finds it:
+/// - `/usr/bin/tool`: from the root;
+/// - `bazel-out/k8/bin/tool`, `./tool`: from the working directory;
+/// - `tool`: the first directory of `PATH` holding an executable `tool`; empty and
+///   relative entries are taken from the working directory.
+///
+/// Else FAILED_PRECONDITION `ProgramNotFound` naming the path (and `PATH`). An empty
+/// program is left to the worker to refuse.
+pub async fn check_program(
+    source: &dyn DirectorySource,
+    root: &reapi::Digest,
+    working_directory: &str,
+    program: &str,
+    path_variable: Option<&str>,
+) -> Result<(), Status> {
+    if program.is_empty() {
+        return Ok(());
+    }
+    let mut loader = Loader::new(source);
+    let from_working_directory = |path: &str| {
+        if working_directory.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{working_directory}/{path}")
+        }
+    };
+    let not_found = |detail: String| {
+        Status::failed_precondition(format!(
+            "ProgramNotFound: {detail} in the merged input root"
+        ))
+    };
+    if program.contains('/') {
+        let (path, shown) = match program.strip_prefix('/') {
+            Some(absolute) => (absolute.to_owned(), format!("{program:?}")),
+            None => (
+                from_working_directory(program),
+                format!("{program:?} (from working directory {working_directory:?})"),
+            ),
+        };
+        let problem = match resolve_following(&mut loader, root, &path).await? {
+            Resolved::File(f) if f.is_executable => return Ok(()),
+            Resolved::File(_) => "is a file that is not executable",
+            Resolved::Directory => "is a directory",
+            Resolved::Missing => "does not exist",
+            Resolved::Loop => "resolves through too many symlinks",
+        };
+        return Err(not_found(format!("program {shown} {problem}")));
+    }
+    let search = path_variable.unwrap_or(DEFAULT_SEARCH_PATH);
+    for directory in search.split(':') {
+        let path = match directory.strip_prefix('/') {
+            Some(absolute) => format!("{absolute}/{program}"),
+            None => from_working_directory(&format!("{directory}/{program}")),
+        };
+        if let Resolved::File(f) = resolve_following(&mut loader, root, &path).await? {
+            if f.is_executable {
+                return Ok(());
+            }
+        }
+    }
+    let origin = if path_variable.is_some() {
+        "PATH"
+    } else {
+        "the default PATH (the action sets none)"
+    };
+    Err(not_found(format!(
+        "program {program:?} is not an executable file in any directory of {origin} {search:?}"
+    )))
+}
+
+/// What a path of a tree is, following symlinks as [`check_program`] does.
+pub(crate) enum DirectoryLookup {
+    Directory,
+    Missing,
+    /// Something else: what it is, for messages ("is a regular file", …).
+    Other(&'static str),
+}
+
+/// Whether `path` (relative to `root`) resolves to a directory.
+pub(crate) async fn is_directory_following(
+    source: &dyn DirectorySource,
+    root: &reapi::Digest,
+    path: &str,
+) -> Result<DirectoryLookup, Status> {
+    Ok(
+        match resolve_following(&mut Loader::new(source), root, path).await? {
+            Resolved::Directory => DirectoryLookup::Directory,
+            Resolved::Missing => DirectoryLookup::Missing,
+            Resolved::File(_) => DirectoryLookup::Other("is a regular file"),
+            Resolved::Loop => DirectoryLookup::Other("resolves through too many symlinks"),
+        },
+    )
 }
 
 enum Resolved {

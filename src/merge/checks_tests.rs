@@ -1,9 +1,14 @@
 //! Tests of `checks.rs`, on merged trees stored in an in-memory CAS.
 
-use super::checks::{check_output_paths, check_usr_bin_env, check_working_directory};
+use super::checks::{
+    check_output_paths, check_program, check_usr_bin_env, check_working_directory,
+};
 use super::graft::graft;
+use super::load::load_from;
+use super::required_directories::add_required_directories;
 use super::test_support::*;
 use crate::tree::test_support::*;
+use tonic::Code;
 
 #[tokio::test]
 async fn working_directory_must_be_a_real_directory() {
@@ -126,6 +131,191 @@ async fn usr_bin_env_is_found_through_symlinks() {
                 "MissingUsrBinEnv: \"usr/bin/env\" {problem} in the merged input root; bb_runner \
                  with chroot_into_input_root runs every command through /usr/bin/env (docs/design/directories.md#running-in-a-chroot)"
             )
+        );
+    }
+}
+
+/// A Debian-like tree: `bin -> usr/bin`, tools in usr/bin and usr/local/bin, inputs
+/// under `exec/` with a tool in `exec/bazel-out/bin`.
+fn debian_like() -> Vec<crate::proto::cache::LayerEntry> {
+    vec![
+        symlink("bin", "usr/bin"),
+        exe("usr/bin/bash", "bash"),
+        exe("usr/bin/env", "env"),
+        file("usr/bin/not-executable", "x"),
+        symlink("usr/bin/sh", "bash"),
+        exe("usr/local/bin/tool", "tool"),
+        dir("usr/lib/dir-on-path"),
+        exe("exec/bazel-out/bin/gen", "gen"),
+        exe("exec/pkg/local", "local"),
+    ]
+}
+
+#[tokio::test]
+async fn the_program_is_found_by_absolute_path_following_symlinks() {
+    let s = Recording::new();
+    let root = s.store(debian_like()).await;
+    for program in [
+        "/bin/bash",
+        "/bin/sh",
+        "/usr/bin/env",
+        "/usr/local/bin/tool",
+    ] {
+        check_program(&s, &root, "exec", program, None)
+            .await
+            .unwrap();
+    }
+    let cases = [
+        ("/bin/zsh", "program \"/bin/zsh\" does not exist"),
+        (
+            "/usr/bin/not-executable",
+            "program \"/usr/bin/not-executable\" is a file that is not executable",
+        ),
+        ("/usr/lib", "program \"/usr/lib\" is a directory"),
+    ];
+    for (program, problem) in cases {
+        let err = check_program(&s, &root, "exec", program, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            format!("ProgramNotFound: {problem} in the merged input root")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_relative_program_is_found_from_the_working_directory() {
+    let s = Recording::new();
+    let root = s.store(debian_like()).await;
+    check_program(&s, &root, "exec", "bazel-out/bin/gen", None)
+        .await
+        .unwrap();
+    check_program(&s, &root, "exec/pkg", "./local", None)
+        .await
+        .unwrap();
+    check_program(&s, &root, "exec/pkg", "../bazel-out/bin/gen", None)
+        .await
+        .unwrap();
+    let err = check_program(&s, &root, "exec", "bazel-out/bin/missing", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        "ProgramNotFound: program \"bazel-out/bin/missing\" (from working directory \"exec\") \
+         does not exist in the merged input root"
+    );
+}
+
+#[tokio::test]
+async fn a_bare_program_is_searched_on_path() {
+    let s = Recording::new();
+    let root = s.store(debian_like()).await;
+    // Through the image's PATH, the bin -> usr/bin symlink, and the default PATH.
+    check_program(&s, &root, "exec", "tool", Some("/usr/local/bin:/usr/bin"))
+        .await
+        .unwrap();
+    check_program(&s, &root, "exec", "sh", Some("/bin"))
+        .await
+        .unwrap();
+    check_program(&s, &root, "exec", "bash", None)
+        .await
+        .unwrap();
+    // A relative PATH entry is taken from the working directory; a non-executable or
+    // a directory of that name is passed over.
+    check_program(&s, &root, "exec", "gen", Some("bazel-out/bin"))
+        .await
+        .unwrap();
+    let err = check_program(&s, &root, "exec", "tool", Some("/bin:/usr/sbin"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.message(),
+        "ProgramNotFound: program \"tool\" is not an executable file in any directory of \
+         PATH \"/bin:/usr/sbin\" in the merged input root"
+    );
+    let err = check_program(&s, &root, "exec", "not-executable", None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("the default PATH (the action sets none) \"/bin:/usr/bin\""),
+        "{err:?}"
+    );
+    let err = check_program(&s, &root, "exec", "dir-on-path", Some("/usr/lib"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn required_directories_are_added_empty_where_missing() {
+    let s = Recording::new();
+    let root = s
+        .store(vec![
+            exe("usr/bin/env", "env"),
+            dir("tmp"),
+            file("tmp/keep", "1"),
+            symlink("var/run", "../run"),
+            dir("run"),
+        ])
+        .await;
+    let paths = ["/dev", "/proc", "/tmp", "var/run", "/var/tmp/deep"].map(String::from);
+    let added = add_required_directories(&s, &root, &paths).await.unwrap();
+    assert_eq!(added.added, vec!["/dev", "/proc", "/var/tmp/deep"]);
+    s.upload(added.directories.clone()).await;
+    let listing = listing(&load_from(&s, &added.root).await.unwrap());
+    for line in [
+        "dev/",
+        "proc/",
+        "tmp/",
+        "tmp/keep=1",
+        "var/tmp/",
+        "var/tmp/deep/",
+        "usr/bin/env*=env",
+    ] {
+        assert!(
+            listing.contains(&line.to_string()),
+            "{line} not in {listing:?}"
+        );
+    }
+    assert!(!listing.iter().any(|l| l.starts_with("dev/") && l != "dev/"));
+    // Nothing to add: the same root, nothing written.
+    let again = add_required_directories(&s, &added.root, &paths)
+        .await
+        .unwrap();
+    assert_eq!(again.root, added.root);
+    assert!(again.directories.is_empty() && again.added.is_empty());
+}
+
+#[tokio::test]
+async fn a_required_directory_blocked_by_a_file_or_symlink_is_an_error() {
+    let s = Recording::new();
+    let cases = [
+        (vec![file("tmp", "1")], "/tmp", "it is a regular file"),
+        (
+            vec![symlink("tmp", "nowhere")],
+            "/tmp",
+            "\"tmp\" is a symlink",
+        ),
+        (
+            vec![file("var", "1")],
+            "/var/tmp",
+            "\"var\" is a regular file",
+        ),
+    ];
+    for (entries, path, why) in cases {
+        let root = s.store(entries).await;
+        let err = add_required_directories(&s, &root, &[path.to_string()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert_eq!(
+            err.message(),
+            format!("RequiredDirectoryBlocked: required directory {path:?} cannot be added: {why}")
         );
     }
 }

@@ -12,7 +12,9 @@
 //! - `graft.rs`: [`graft()`], the input root into the image at a mount path;
 //! - `stack.rs`: [`stack_images`], several images, each later one over the earlier;
 //! - `checks.rs`: the checks on the merged tree: working directory, output paths,
-//!   `usr/bin/env`.
+//!   `usr/bin/env`, the program the Command runs;
+//! - `required_directories.rs`: [`add_required_directories`], directories such as
+//!   `/tmp` added empty where the merged tree lacks them.
 //!
 //! Errors are made as in `crate::tree`: each message starts with the name of the rule
 //! broken.
@@ -23,6 +25,7 @@ mod directory_source;
 mod graft;
 mod merger;
 mod remote_directory;
+mod required_directories;
 mod stack;
 
 #[cfg(test)]
@@ -34,9 +37,13 @@ mod load;
 #[cfg(test)]
 mod test_support;
 
-pub use checks::{check_output_paths, check_usr_bin_env, check_working_directory};
+pub use checks::{
+    check_output_paths, check_program, check_usr_bin_env, check_working_directory,
+    DEFAULT_SEARCH_PATH,
+};
 pub use directory_cache::{CachingDirectorySource, DirectoryCache};
 pub use directory_source::{CasDirectorySource, DirectorySource};
 pub use graft::graft;
 pub use merger::{MergeOptions, MergePolicy, MergedTree};
+pub use required_directories::{add_required_directories, WithDirectories};
 pub use stack::stack_images;

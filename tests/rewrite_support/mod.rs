@@ -445,12 +445,17 @@ pub fn platform(pairs: &[(&str, &str)]) -> reapi::Platform {
 // ---------------------------------------------------------------------------------
 // Images.
 
-/// Entries that make an image runnable on chroot workers: an executable usr/bin/env.
+/// Entries that make an image runnable on chroot workers: an executable usr/bin/env,
+/// and the programs the test actions run (`/bin/sh`, `true`), usrmerge style
+/// (`bin -> usr/bin`), for the expander's program check.
 pub fn env_entries() -> Vec<TarEntry> {
     vec![
         TarEntry::Dir("usr".into(), 0o755),
         TarEntry::Dir("usr/bin".into(), 0o755),
         TarEntry::File("usr/bin/env".into(), b"#!fake env\n".to_vec(), 0o755),
+        TarEntry::File("usr/bin/sh".into(), b"#!fake sh\n".to_vec(), 0o755),
+        TarEntry::File("usr/bin/true".into(), b"#!fake true\n".to_vec(), 0o755),
+        TarEntry::Symlink("bin".into(), "usr/bin".into()),
     ]
 }
 
@@ -630,6 +635,8 @@ pub struct ClientAction {
     /// `Command.platform` (deprecated, older clients).
     pub command_platform: Option<reapi::Platform>,
     pub arguments: Vec<String>,
+    /// `Command.environment_variables`, as (name, value), in this order.
+    pub environment: Vec<(String, String)>,
     pub working_directory: String,
     pub output_paths: Vec<String>,
     pub inputs: InputTree,
@@ -653,6 +660,7 @@ impl ClientAction {
                 "-c".into(),
                 "cat /etc/os-release > out/result.txt".into(),
             ],
+            environment: vec![("PATH".into(), "/bin:/usr/bin".into())],
             working_directory: "src".into(),
             output_paths: vec!["out/result.txt".into()],
             inputs: InputTree::new()
@@ -671,10 +679,14 @@ impl ClientAction {
             working_directory: self.working_directory.clone(),
             output_paths: self.output_paths.clone(),
             platform: self.command_platform.clone(),
-            environment_variables: vec![reapi::command::EnvironmentVariable {
-                name: "PATH".into(),
-                value: "/bin:/usr/bin".into(),
-            }],
+            environment_variables: self
+                .environment
+                .iter()
+                .map(|(name, value)| reapi::command::EnvironmentVariable {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
             ..Default::default()
         }
     }
