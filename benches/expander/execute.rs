@@ -238,8 +238,10 @@ pub(crate) async fn prepare_actions(
             }],
         };
         let command = reapi::Command {
+            // The program must exist in every benchmark image (the expander checks).
             arguments: vec![
-                "/usr/bin/cc".into(),
+                "/usr/bin/env".into(),
+                "cc".into(),
                 "-o".into(),
                 "out/b".into(),
                 "src/main.c".into(),
