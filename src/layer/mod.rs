@@ -19,6 +19,8 @@
 //!   they bound;
 //! - [`hashing_thread`]: the blob digest, the DiffID and large files' digests computed
 //!   on helper threads, so that hashing and inflating share the cores;
+//! - [`small_file_hashing`]: small files' digests computed (and their uploads handed
+//!   over) on a helper thread, filled into the changeset at the end of the layer;
 //! - [`worker`]: the blocking half: pipeline, drain to EOF, verification (docs/design/layers.md#verification);
 //! - [`uploader`]: the async half: batched and streamed uploads, bounded in flight.
 //!
@@ -47,6 +49,7 @@ mod media_type;
 mod names;
 pub(crate) mod oci_digest;
 mod readers;
+mod small_file_hashing;
 mod tar_entries;
 mod uploader;
 mod worker;

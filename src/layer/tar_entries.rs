@@ -14,6 +14,7 @@ use super::hashing_thread::OffThreadHasher;
 use super::limits::{self, LayerTotals, MetadataLimits};
 use super::names::{self, EntryName};
 use super::readers::{Failure, MetadataBudget, StreamPosition};
+use super::small_file_hashing::SmallFileHashing;
 use super::uploader::{FileContent, FileUpload};
 use crate::digest::DigestFunction;
 use crate::proto::cache::{self, layer_entry::Kind, LayerEntry, LayerStatistics};
@@ -66,7 +67,12 @@ pub(crate) struct EntryReader {
     options: EntryReaderOptions,
     uploads: mpsc::Sender<FileUpload>,
     failure: Failure,
+    /// Large files handed to the uploader (small ones are deduplicated by
+    /// `small_files`; the two cannot share a digest, as their sizes differ).
     uploaded: HashSet<(String, i64)>,
+    small_files: Option<SmallFileHashing>,
+    /// Entries whose digest `small_files` computes: (entry index, queue position).
+    pending_digests: Vec<(usize, usize)>,
     totals: LayerTotals,
     pub(crate) entries: Vec<LayerEntry>,
     pub(crate) statistics: LayerStatistics,
@@ -82,6 +88,11 @@ impl EntryReader {
         failure: Failure,
     ) -> Self {
         Self {
+            small_files: Some(SmallFileHashing::start(
+                options.digest_function,
+                uploads.clone(),
+            )),
+            pending_digests: Vec::new(),
             options,
             uploads,
             failure,
@@ -257,13 +268,19 @@ impl EntryReader {
             TarKind::Regular => {
                 let is_executable = is_executable(entry.header())?;
                 let size = entry.size();
-                let digest = self.read_file(entry, size)?;
+                let digest = match self.read_file(entry, size)? {
+                    FileDigest::Known(digest) => Some(digest),
+                    FileDigest::Queued(position) => {
+                        self.pending_digests.push((self.entries.len(), position));
+                        None
+                    }
+                };
                 self.statistics.regular_files += 1;
                 self.statistics.file_bytes += size;
                 self.push(
                     path,
                     Kind::File(cache::RegularFile {
-                        digest: Some(digest),
+                        digest,
                         is_executable,
                     }),
                 )?;
@@ -328,64 +345,89 @@ impl EntryReader {
     }
 
     /// Hashes a regular file's content and sends it to the uploader (once per content).
-    /// Small files stay in memory; larger ones are spooled to an anonymous temporary file.
-    fn read_file<R: Read>(
-        &mut self,
-        entry: &mut R,
-        size: u64,
-    ) -> Result<reapi::Digest, EntryError> {
-        let mut read = 0u64;
-        let (content, digest) = if size <= self.options.small_file_threshold_bytes {
+    /// Small files stay in memory and are hashed by `small_files`; larger ones are
+    /// spooled to an anonymous temporary file.
+    fn read_file<R: Read>(&mut self, entry: &mut R, size: u64) -> Result<FileDigest, EntryError> {
+        if size <= self.options.small_file_threshold_bytes {
             let mut data = Vec::with_capacity(size as usize);
             entry.read_to_end(&mut data)?;
-            read = data.len() as u64;
-            let digest = self.options.digest_function.digest_of(&data);
-            (FileContent::Small(Bytes::from(data)), digest)
-        } else {
-            // Hashed on a thread of its own while this one inflates, parses and spools.
-            let mut hasher = OffThreadHasher::new(self.options.digest_function.hasher(), size);
-            let spool_error = |e: io::Error| {
-                EntryError::Internal(crate::status::from_io(e, "Failed to spool file contents"))
-            };
-            let mut file = match &self.options.spool_directory {
-                Some(directory) => tempfile::tempfile_in(directory),
-                None => tempfile::tempfile(),
+            if data.len() as u64 != size {
+                return Err(truncated());
             }
-            .map_err(spool_error)?;
-            let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
-            loop {
-                let n = match entry.read(&mut buffer) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                hasher.update(&buffer[..n]);
-                file.write_all(&buffer[..n]).map_err(spool_error)?;
-                read += n as u64;
-            }
-            file.rewind().map_err(spool_error)?;
-            (FileContent::Spooled(file), hasher.finish())
-        };
-        if read != size {
-            return Err(EntryError::Invalid(
-                "Tar stream ends inside the data of the entry".to_owned(),
-            ));
+            let hashing = self.small_files.as_mut().ok_or_else(|| {
+                EntryError::Internal(Status::internal("Small files were read after the end"))
+            })?;
+            let position = hashing
+                .add(Bytes::from(data))
+                .map_err(|_| EntryError::UploaderGone)?;
+            return Ok(FileDigest::Queued(position));
         }
-        if size > 0
-            && self
-                .uploaded
-                .insert((digest.hash.clone(), digest.size_bytes))
+        let spool_error = |e: io::Error| {
+            EntryError::Internal(crate::status::from_io(e, "Failed to spool file contents"))
+        };
+        let mut file = match &self.options.spool_directory {
+            Some(directory) => tempfile::tempfile_in(directory),
+            None => tempfile::tempfile(),
+        }
+        .map_err(spool_error)?;
+        // Hashed on a thread of its own while this one inflates, parses and spools.
+        let mut hasher = OffThreadHasher::new(self.options.digest_function.hasher(), size);
+        let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+        let mut read = 0u64;
+        loop {
+            let n = match entry.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            hasher.update(&buffer[..n]);
+            file.write_all(&buffer[..n]).map_err(spool_error)?;
+            read += n as u64;
+        }
+        if read != size {
+            return Err(truncated());
+        }
+        file.rewind().map_err(spool_error)?;
+        let digest = hasher.finish();
+        if self
+            .uploaded
+            .insert((digest.hash.clone(), digest.size_bytes))
         {
             self.uploads
                 .blocking_send(FileUpload {
                     digest: digest.clone(),
-                    content,
+                    content: FileContent::Spooled(file),
                 })
                 .map_err(|_| EntryError::UploaderGone)?;
         }
-        Ok(digest)
+        Ok(FileDigest::Known(digest))
     }
+
+    /// Fills in the digests of the small files once the archive has been read; every
+    /// file has then been handed to the uploader.
+    pub(crate) fn finish(&mut self) -> Result<(), ReadError> {
+        let Some(hashing) = self.small_files.take() else {
+            return Ok(());
+        };
+        let digests = hashing.finish().map_err(|_| ReadError::UploaderGone)?;
+        for (index, position) in self.pending_digests.drain(..) {
+            if let Some(Kind::File(file)) = &mut self.entries[index].kind {
+                file.digest = Some(digests[position].clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A regular file's digest, or where it waits in the small-file queue.
+enum FileDigest {
+    Known(reapi::Digest),
+    Queued(usize),
+}
+
+fn truncated() -> EntryError {
+    EntryError::Invalid("Tar stream ends inside the data of the entry".to_owned())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -107,6 +107,8 @@ impl Job {
             }
             Err(other) => return Err(other),
         };
+        // Every small file's digest, now that all were read and handed to the uploader.
+        entry_reader.finish()?;
         // The decompressor has seen the end of its input, but make sure nothing follows.
         let trailing =
             io::copy(&mut blob, &mut io::sink()).map_err(|e| fail("Failed to read blob", e))?;
