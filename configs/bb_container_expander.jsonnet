@@ -206,6 +206,14 @@ local common = import 'common.libsonnet';
     // in-cluster registries instead.
     allowPrivateAddresses: false,
 
+    // The HTTP(S) proxy every registry request goes through, e.g.
+    // 'http://proxy.example.com:3128'. The HTTP_PROXY and HTTPS_PROXY environment
+    // variables are ignored: a proxy resolves registry names itself, where the
+    // private-address rule above cannot check them, so the proxy must be trusted to
+    // refuse internal addresses. Default: null (direct connections). Example:
+    // 'http://proxy.example.com:3128'.
+    httpProxy: null,
+
     // How long an image expansion or layer ingestion goes on once every action waiting
     // for it has gone (cancelled, deadline passed); then it is abandoned, its slot
     // freed, and nothing is recorded. Default: '10s'.

@@ -222,6 +222,7 @@ fn reference_configuration_documents_every_field() {
         "transferRateWindow",
         "maximumRetryAfter",
         "allowPrivateAddresses",
+        "httpProxy",
         "abandonGracePeriod",
         "staleTagGrace",
         "tagTtl",

@@ -23,10 +23,20 @@ const BINARY: &str = env!("CARGO_BIN_EXE_bb-container-expander");
 
 /// Runs the binary with `args`, off the async runtime's threads.
 async fn run(args: Vec<String>) -> Output {
+    run_with_env(args, &[]).await
+}
+
+/// [`run`] with environment variables set.
+async fn run_with_env(args: Vec<String>, env: &[(&str, &str)]) -> Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(BINARY)
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env)
             .output()
             .expect("run bb-container-expander")
     })
@@ -298,6 +308,11 @@ async fn a_failing_image_gives_an_error_line_and_a_non_zero_exit() {
 }
 
 fn write_config(directory: &Path, registries: &str) -> String {
+    write_config_with(directory, registries, "")
+}
+
+/// [`write_config`] with more `containerImages` fields (`extra`, ending in a comma).
+fn write_config_with(directory: &Path, registries: &str, extra: &str) -> String {
     let path = directory.join("expand.jsonnet");
     std::fs::write(
         &path,
@@ -308,7 +323,7 @@ fn write_config(directory: &Path, registries: &str) -> String {
                contentAddressableStorage: {{ memory: {{ maximumSizeBytes: 1024 * 1024 * 1024 }} }},\n\
                actionCache: {{ memory: {{ maximumSizeBytes: 64 * 1024 * 1024 }} }},\n\
              }},\n\
-             containerImages: {{ registries: {registries}, maximumRetries: 1, initialRetryDelay: '0.05s' }},\n\
+             containerImages: {{ registries: {registries}, {extra} maximumRetries: 1, initialRetryDelay: '0.05s' }},\n\
              }}\n"
         ),
     )
@@ -379,4 +394,53 @@ async fn config_supplies_credentials_and_the_allow_list() {
             .contains("not allowed"),
         "{line}"
     );
+}
+
+/// Registry requests go through `httpProxy` and never through a proxy named by the
+/// environment (which would resolve names out of reach of the private-address rule).
+#[tokio::test]
+async fn proxies_come_from_the_configuration_not_the_environment() {
+    let server = RegistryServer::start();
+    let image = app_image(Flavor::Oci, "amd64");
+    server
+        .pusher()
+        .push_image("test/proxied", Some("v1"), &image)
+        .await;
+    let reference = format!("{}/test/proxied:v1", server.host());
+    let directory = tempfile::tempdir().unwrap();
+    // A port nothing listens on: any request sent to it fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_proxy = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let registries = format!("[{{ hosts: ['{}'] }}]", server.host());
+
+    let direct = write_config(directory.path(), &registries);
+    let env = [
+        ("HTTP_PROXY", dead_proxy.as_str()),
+        ("HTTPS_PROXY", dead_proxy.as_str()),
+        ("ALL_PROXY", dead_proxy.as_str()),
+        ("http_proxy", dead_proxy.as_str()),
+        ("https_proxy", dead_proxy.as_str()),
+        ("all_proxy", dead_proxy.as_str()),
+    ];
+    let output = run_with_env(args(&["expand", "--config", &direct, &reference]), &env).await;
+    assert!(
+        output.status.success(),
+        "an environment proxy was used: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        json_lines(&output)[0]["manifestDigest"],
+        image.manifest_digest.as_str()
+    );
+
+    let proxied = write_config_with(
+        directory.path(),
+        &registries,
+        &format!("httpProxy: '{dead_proxy}',"),
+    );
+    let output = run(args(&["expand", "--config", &proxied, &reference])).await;
+    assert!(!output.status.success(), "httpProxy was not used");
+    let line = &json_lines(&output)[0];
+    assert_eq!(line["error"]["code"], "Unavailable", "{line}");
 }

@@ -179,6 +179,12 @@ pub struct ContainerImagesConfiguration {
     /// redirect). Default: false. The `expand` command without `--config` sets it.
     #[serde(default)]
     pub allow_private_addresses: bool,
+    /// HTTP(S) proxy every registry request goes through ('http://proxy:3128'). The
+    /// `HTTP_PROXY`/`HTTPS_PROXY` environment variables are ignored: a proxy resolves
+    /// names itself, out of reach of the address rule of `allowPrivateAddresses`, so it
+    /// must be chosen in the configuration. Default: none (direct connections).
+    #[serde(default)]
+    pub http_proxy: Option<String>,
     /// Directory where large files of a layer are spooled while they are hashed.
     /// Default: the system's temporary directory.
     #[serde(default)]

@@ -71,6 +71,8 @@ pub struct RegistryConfiguration {
     pub maximum_retry_after: Duration,
     /// Connect to loopback, link-local and private addresses no entry lists.
     pub allow_private_addresses: bool,
+    /// The proxy of every registry request (`httpProxy`); none: direct connections.
+    pub http_proxy: Option<String>,
 }
 
 impl Default for RegistryConfiguration {
@@ -111,6 +113,7 @@ pub fn new_registry_configuration_from_configuration(
             .maximum_retry_after
             .unwrap_or(DEFAULT_MAXIMUM_RETRY_AFTER),
         allow_private_addresses: configuration.allow_private_addresses,
+        http_proxy: configuration.http_proxy.clone(),
     }
 }
 

@@ -94,13 +94,26 @@ fn authority(url: &Url) -> String {
 }
 
 impl DistributionClient {
-    /// A client for `configuration`. Fails only if the TLS stack cannot be set up.
+    /// A client for `configuration`. Fails if `httpProxy` is not a URL or the TLS stack
+    /// cannot be set up.
     pub(crate) fn new(
         configuration: &RegistryConfiguration,
         secrets: Arc<Secrets>,
     ) -> Result<Self, Status> {
         let policy = Arc::new(AddressPolicy::new(configuration));
-        let http = reqwest::Client::builder()
+        // Proxies come from the configuration only (see `httpProxy`): one taken from the
+        // environment would resolve names where the address policy cannot see them.
+        let proxy = match &configuration.http_proxy {
+            Some(url) => Some(reqwest::Proxy::all(url).map_err(|e| {
+                Status::invalid_argument(format!("Invalid httpProxy {url:?}: {e}"))
+            })?),
+            None => None,
+        };
+        let builder = match proxy {
+            Some(proxy) => reqwest::Client::builder().proxy(proxy),
+            None => reqwest::Client::builder().no_proxy(),
+        };
+        let http = builder
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(configuration.request_timeout)
