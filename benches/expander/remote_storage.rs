@@ -12,7 +12,9 @@
 //! by method, which gives the expander's storage calls per action exactly.
 
 use crate::execute::{connect, execute, prepare_actions, start_instant_upstream_routes};
-use crate::report::{loadavg, percentile, process_cpu_seconds, Row, Table, Target, Unit};
+use crate::report::{
+    cpu_seconds_of, loadavg, percentile, process_cpu_seconds, Row, Table, Target, Unit,
+};
 use bb_container_expander::blobstore::Instance;
 use bb_container_expander::digest::DigestFunction;
 use bb_container_expander::program::Program;
@@ -298,18 +300,12 @@ async fn measure(
     let direct_channel = connect(direct).await;
     let expander_channel = connect(through).await;
     let child = storage.child.id();
-    let cpu = (process_cpu_seconds(), child_cpu_seconds(child));
+    let cpu = (process_cpu_seconds(), cpu_seconds_of(child));
     let direct_rate = in_flight(&direct_channel, throughput_requests).await;
-    let direct_cpu = (
-        process_cpu_seconds() - cpu.0,
-        child_cpu_seconds(child) - cpu.1,
-    );
-    let cpu = (process_cpu_seconds(), child_cpu_seconds(child));
+    let direct_cpu = (process_cpu_seconds() - cpu.0, cpu_seconds_of(child) - cpu.1);
+    let cpu = (process_cpu_seconds(), cpu_seconds_of(child));
     let (expander_rate, issued) = in_flight(&expander_channel, throughput_requests).await;
-    let expander_cpu = (
-        process_cpu_seconds() - cpu.0,
-        child_cpu_seconds(child) - cpu.1,
-    );
+    let expander_cpu = (process_cpu_seconds() - cpu.0, cpu_seconds_of(child) - cpu.1);
     let seconds = THROUGHPUT_SECONDS as f64;
     let micros_per_action = |cpu: f64, rate: f64| cpu / (rate * seconds) * 1e6;
     let load = loadavg();
@@ -446,20 +442,4 @@ fn step_means(
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// CPU seconds (user + system) process `pid` has used so far.
-fn child_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }

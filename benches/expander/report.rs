@@ -212,18 +212,24 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 
 /// CPU time (user + system) this process has used so far, in seconds.
 pub fn process_cpu_seconds() -> f64 {
-    stat_seconds(11, 12)
+    stat_seconds("self", 11, 12)
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    stat_seconds(&pid.to_string(), 11, 12)
 }
 
 /// CPU time (user + system) of the child processes waited for so far (their own
 /// waited-for children included), in seconds.
 pub fn children_cpu_seconds() -> f64 {
-    stat_seconds(13, 14)
+    stat_seconds("self", 13, 14)
 }
 
-/// The sum of two clock-tick fields of `/proc/self/stat`, counted after the command name.
-fn stat_seconds(user: usize, system: usize) -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// The sum of two clock-tick fields of `/proc/PROCESS/stat`, counted after the command
+/// name.
+fn stat_seconds(process: &str, user: usize, system: usize) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
