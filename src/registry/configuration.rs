@@ -31,6 +31,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::credential_helper::CredentialHelperOptions;
 use super::platform::Platform;
 use super::reference::validate_host;
 pub use crate::config::container_images::RequestBudget;
@@ -39,6 +40,7 @@ pub use crate::config::container_images::{
 };
 use crate::config::container_images::{
     ContainerImagesConfiguration, PlatformConfiguration, DEFAULT_BLOB_TRANSFER_TIMEOUT,
+    DEFAULT_CREDENTIAL_HELPER_CACHE_TTL, DEFAULT_CREDENTIAL_HELPER_TIMEOUT,
     DEFAULT_INITIAL_RETRY_DELAY, DEFAULT_MAXIMUM_RETRIES, DEFAULT_MAXIMUM_RETRY_AFTER,
     DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TRANSFER_RATE_WINDOW,
@@ -71,6 +73,8 @@ pub struct RegistryConfiguration {
     pub maximum_retry_after: Duration,
     /// Connect to loopback, link-local and private addresses no entry lists.
     pub allow_private_addresses: bool,
+    /// How credential helpers are run.
+    pub credential_helpers: CredentialHelperOptions,
 }
 
 impl Default for RegistryConfiguration {
@@ -111,6 +115,22 @@ pub fn new_registry_configuration_from_configuration(
             .maximum_retry_after
             .unwrap_or(DEFAULT_MAXIMUM_RETRY_AFTER),
         allow_private_addresses: configuration.allow_private_addresses,
+        credential_helpers: CredentialHelperOptions {
+            timeout: configuration
+                .credential_helpers
+                .timeout
+                .unwrap_or(DEFAULT_CREDENTIAL_HELPER_TIMEOUT),
+            cache_ttl: configuration
+                .credential_helpers
+                .cache_ttl
+                .unwrap_or(DEFAULT_CREDENTIAL_HELPER_CACHE_TTL),
+            search_directories: configuration
+                .credential_helpers
+                .search_directories
+                .iter()
+                .map(std::path::PathBuf::from)
+                .collect(),
+        },
     }
 }
 
@@ -161,6 +181,24 @@ impl RegistryConfiguration {
         }
         if self.request_timeout.is_zero() {
             return Err("requestTimeout: must be positive".into());
+        }
+        if self.credential_helpers.timeout.is_zero() {
+            return Err("credentialHelpers.timeout: must be positive".into());
+        }
+        if self.credential_helpers.cache_ttl.is_zero() {
+            return Err("credentialHelpers.cacheTtl: must be positive".into());
+        }
+        for (i, d) in self
+            .credential_helpers
+            .search_directories
+            .iter()
+            .enumerate()
+        {
+            if !d.is_absolute() {
+                return Err(format!(
+                    "credentialHelpers.searchDirectories[{i}]: {d:?} must be an absolute path"
+                ));
+            }
         }
         if self.blob_transfer_timeout.is_zero() {
             return Err("blobTransferTimeout: must be positive".into());

@@ -71,7 +71,7 @@ pub(crate) struct DistributionClient {
     /// By normalised host: where redirects from it may go, when the entry says.
     redirect_hosts: HashMap<String, Vec<String>>,
     maximum_retry_after: Duration,
-    secrets: Arc<Secrets>,
+    secrets: Secrets,
 }
 
 /// Request budgets by normalised host.
@@ -97,7 +97,7 @@ impl DistributionClient {
     /// A client for `configuration`. Fails only if the TLS stack cannot be set up.
     pub(crate) fn new(
         configuration: &RegistryConfiguration,
-        secrets: Arc<Secrets>,
+        secrets: Secrets,
     ) -> Result<Self, Status> {
         let policy = Arc::new(AddressPolicy::new(configuration));
         let http = reqwest::Client::builder()
