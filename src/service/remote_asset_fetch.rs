@@ -14,7 +14,9 @@
 //!   Any other qualifier, or one given twice, is refused with INVALID_ARGUMENT and a
 //!   `google.rpc.BadRequest` whose violations have field `qualifiers.name` and description
 //!   `"{qualifier}" not supported`, as the Remote Asset API asks of servers without `Push`.
-//!   The answer's qualifiers name the platform used.
+//!   A platform asked for is checked (an image with a single manifest for another
+//!   platform is FAILED_PRECONDITION, where `Execute` would use it as Docker does) and
+//!   returned in the answer's qualifiers.
 //! - Errors: failures outside the server's control (image missing, access refused by the
 //!   registry or not allowed, an image this service cannot use, `timeout` passed) are
 //!   answered in the response's `status` (NOT_FOUND, PERMISSION_DENIED,
@@ -29,7 +31,7 @@
 
 use crate::blobstore::Instance;
 use crate::digest::DigestFunction;
-use crate::image::ImageExpander;
+use crate::image::{ExpandedImage, ImageExpander};
 use crate::proto::asset::fetch_server::Fetch;
 use crate::proto::asset::{
     FetchBlobRequest, FetchBlobResponse, FetchDirectoryRequest, FetchDirectoryResponse, Qualifier,
@@ -59,6 +61,35 @@ impl RemoteAssetFetch {
         Self {
             expander,
             default_platform,
+        }
+    }
+}
+
+impl RemoteAssetFetch {
+    /// Refuses `image` if it is not for `platform`. A platform chosen from an index
+    /// matches by construction; a single manifest is used by the expander whatever its
+    /// platform (as Docker does), so its config is read again (by digest) and compared.
+    async fn check_platform(
+        &self,
+        image: ExpandedImage,
+        platform: &Platform,
+    ) -> Result<ExpandedImage, Status> {
+        if image.resolved_digest != image.manifest_digest {
+            return Ok(image);
+        }
+        let pinned = image.reference.with_digest(&image.manifest_digest)?;
+        let metadata = self
+            .expander
+            .registry()
+            .fetch_image(&pinned, platform)
+            .await?;
+        if platform.matches(&metadata.platform) {
+            Ok(image)
+        } else {
+            Err(Status::failed_precondition(format!(
+                "Image {} is for platform {}, not {platform}",
+                image.reference, metadata.platform
+            )))
         }
     }
 }
@@ -173,10 +204,10 @@ impl Fetch for RemoteAssetFetch {
         };
         let timeout = request.timeout.as_ref().map(duration_of).transpose()?;
         let instance = Instance::new(request.instance_name.clone(), function);
-        let answered_qualifiers = vec![Qualifier {
-            name: PLATFORM_QUALIFIER.to_owned(),
-            value: platform.to_string(),
-        }];
+        // Only a platform asked for is answered (and checked): without one, a
+        // single-platform image is used whatever its platform, as for Execute.
+        let explicit = !request.qualifiers.is_empty();
+        let answered_qualifiers = request.qualifiers.clone();
         let mut failure: Option<(String, Status)> = None;
         for uri in request.uris.iter().filter(|u| u.starts_with(DOCKER_SCHEME)) {
             let expansion = self.expander.expand(&instance, uri, &platform);
@@ -188,6 +219,10 @@ impl Fetch for RemoteAssetFetch {
                     ))),
                 },
                 None => expansion.await,
+            };
+            let expanded = match expanded {
+                Ok(image) if explicit => self.check_platform(image, &platform).await,
+                other => other,
             };
             match expanded {
                 Ok(image) => {
