@@ -288,6 +288,45 @@ mod tests {
     }
 
     #[test]
+    fn credential_helpers_settings() {
+        let c = parse("{}").unwrap();
+        assert_eq!(
+            c.credential_helpers,
+            CredentialHelperOptions {
+                timeout: DEFAULT_CREDENTIAL_HELPER_TIMEOUT,
+                cache_ttl: DEFAULT_CREDENTIAL_HELPER_CACHE_TTL,
+                search_directories: vec![],
+            }
+        );
+        let c = parse(
+            r#"{"credentialHelpers": {"timeout": "2.5s", "cacheTtl": "3600s",
+                "searchDirectories": ["/helpers", "/usr/local/bin"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.credential_helpers.timeout, Duration::from_millis(2500));
+        assert_eq!(c.credential_helpers.cache_ttl, Duration::from_secs(3600));
+        assert_eq!(c.credential_helpers.search_directories.len(), 2);
+        for (json, message) in [
+            (
+                r#"{"credentialHelpers": {"timeout": "0s"}}"#,
+                "credentialHelpers.timeout: must be positive",
+            ),
+            (
+                r#"{"credentialHelpers": {"cacheTtl": "0s"}}"#,
+                "credentialHelpers.cacheTtl: must be positive",
+            ),
+            (
+                r#"{"credentialHelpers": {"searchDirectories": ["bin"]}}"#,
+                "credentialHelpers.searchDirectories[0]",
+            ),
+            (r#"{"credentialHelpers": {"ttl": "1s"}}"#, "unknown field"),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(message), "{json}: {err}");
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = parse("{}").unwrap();
         assert!(c.registries.is_empty());

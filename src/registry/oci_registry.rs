@@ -849,6 +849,58 @@ mod tests {
         assert!(!e[0].settings.plain_http);
     }
 
+    /// Helper credentials are filled in per request; a mirror whose helper fails is
+    /// skipped, the registry's own failure is the request's.
+    #[tokio::test]
+    async fn credential_helpers_fill_in_endpoints() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-ok");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\necho '{\"Username\":\"u\",\"Secret\":\"from-helper\"}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"credHelpers": {"registry.example": "ok", "mirror.example": "absent",
+                "broken.example": "absent"}}"#,
+        )
+        .unwrap();
+        let c = configuration(&format!(
+            r#"{{"registries": [
+                {{"hosts": ["registry.example", "mirror.example", "broken.example"],
+                  "mirrors": ["mirror.example"],
+                  "credentials": {{"dockerConfigPath": {config:?}}}}}],
+              "credentialHelpers": {{"searchDirectories": [{dir:?}]}}}}"#,
+            config = config.to_str().unwrap(),
+            dir = dir.path().to_str().unwrap(),
+        ));
+        let registry = OciRegistry::new(c).unwrap();
+        let endpoints = registry
+            .with_credentials(&Reference::parse("registry.example/x").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        assert_eq!(endpoints[0].host, "registry.example");
+        assert_eq!(
+            endpoints[0].auth,
+            RegistryAuth::Basic("u".into(), "from-helper".into())
+        );
+        let err = registry
+            .resolve(&Reference::parse("broken.example/x:v1").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains("docker-credential-absent")
+                && err.message().contains("broken.example/x:v1"),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn missing_docker_config_is_a_configuration_error() {
         let err = OciRegistry::new(configuration(
