@@ -67,6 +67,8 @@ struct State {
     cached: Option<(RegistryAuth, Instant)>,
     /// The run in flight, shared by its callers.
     running: Option<Run>,
+    /// The answer `cached` replaced, still scrubbed from messages.
+    previous: Option<RegistryAuth>,
 }
 
 /// Credentials of one registry host from one helper.
@@ -149,7 +151,13 @@ impl CredentialHelper {
             state.running = None;
             if let Ok(auth) = &result {
                 this.secrets.add(auth);
-                state.cached = Some((auth.clone(), started));
+                // The answer before the one replaced now may still be in a request's
+                // error; older ones are no longer scrubbed for.
+                if let Some((replaced, _)) = state.cached.replace((auth.clone(), started)) {
+                    if let Some(older) = state.previous.replace(replaced) {
+                        this.secrets.remove(&older);
+                    }
+                }
             }
             result
         }

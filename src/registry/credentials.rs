@@ -145,38 +145,58 @@ pub fn resolve(credentials: Option<&Credentials>, host: &str) -> Result<Source, 
 }
 
 /// Secret strings to scrub from messages: passwords, tokens and their base64 forms. Clones
-/// share one list, so that secrets a credential helper returns later are scrubbed too.
+/// share one list, so that secrets a credential helper returns later are scrubbed too;
+/// each is counted, so that a helper's replaced answer can be removed without
+/// un-scrubbing an equal secret added elsewhere.
 #[derive(Clone, Default)]
-pub struct Secrets(std::sync::Arc<parking_lot::RwLock<Vec<String>>>);
+pub struct Secrets(std::sync::Arc<parking_lot::RwLock<Vec<(String, usize)>>>);
+
+/// The strings of `auth` that are secret.
+fn secret_strings(auth: &RegistryAuth) -> Vec<String> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    match auth {
+        RegistryAuth::Anonymous => vec![],
+        RegistryAuth::Basic(user, password) => {
+            let mut strings = vec![engine.encode(format!("{user}:{password}"))];
+            if !password.is_empty() {
+                strings.push(password.clone());
+            }
+            strings
+        }
+        RegistryAuth::Bearer(token) if token.is_empty() => vec![],
+        RegistryAuth::Bearer(token) => vec![token.clone()],
+    }
+}
 
 impl Secrets {
     /// Adds the secrets of `auth`.
     pub fn add(&self, auth: &RegistryAuth) {
-        let engine = base64::engine::general_purpose::STANDARD;
         let mut secrets = self.0.write();
-        match auth {
-            RegistryAuth::Anonymous => {}
-            RegistryAuth::Basic(user, password) => {
-                if !password.is_empty() {
-                    secrets.push(password.clone());
-                }
-                secrets.push(engine.encode(format!("{user}:{password}")));
-            }
-            RegistryAuth::Bearer(token) => {
-                if !token.is_empty() {
-                    secrets.push(token.clone());
-                }
+        for secret in secret_strings(auth) {
+            match secrets.iter_mut().find(|(s, _)| *s == secret) {
+                Some((_, count)) => *count += 1,
+                None => secrets.push((secret, 1)),
             }
         }
         // Longest first, so that a secret containing another is replaced whole.
-        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        secrets.dedup();
+        secrets.sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    }
+
+    /// Removes the secrets of `auth`, added before (those also added by others stay).
+    pub fn remove(&self, auth: &RegistryAuth) {
+        let mut secrets = self.0.write();
+        for secret in secret_strings(auth) {
+            if let Some((_, count)) = secrets.iter_mut().find(|(s, _)| *s == secret) {
+                *count -= 1;
+            }
+        }
+        secrets.retain(|(_, count)| *count > 0);
     }
 
     /// `text` with every secret replaced by `<redacted>`.
     pub(crate) fn scrub(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        for secret in self.0.read().iter() {
+        for (secret, _) in self.0.read().iter() {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), "<redacted>");
             }
@@ -307,5 +327,12 @@ mod tests {
             !scrubbed.contains("s3cret") && !scrubbed.contains(&b64) && !scrubbed.contains("tok3n")
         );
         assert_eq!(format!("{secrets:?}"), "Secrets(3 redacted)");
+        // Counted: removing one of two equal additions keeps the secret.
+        secrets.add(&RegistryAuth::Bearer("tok3n".into()));
+        secrets.remove(&RegistryAuth::Bearer("tok3n".into()));
+        assert!(!secrets.scrub("tok3n").contains("tok3n"));
+        secrets.remove(&RegistryAuth::Bearer("tok3n".into()));
+        assert_eq!(secrets.scrub("tok3n"), "tok3n");
+        assert_eq!(format!("{secrets:?}"), "Secrets(2 redacted)");
     }
 }
