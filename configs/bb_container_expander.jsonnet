@@ -131,6 +131,15 @@ local common = import 'common.libsonnet';
     addMetadataJmespathExpression: common.forwardRequestMetadata,
   },
 
+  // Serve build.bazel.remote.asset.v1.Fetch on every gRPC server: FetchDirectory of a
+  // docker:// URI (qualifier 'platform' = 'linux/arm64', ...) expands the image into
+  // the CAS of the request's instance and answers its root Directory digest, for
+  // tools and CI that prewarm or inspect images; other URI schemes and FetchBlob
+  // answer NOT_FOUND (docs/remote-asset.md). Default: false.
+  // Recommended value: true where clients may pull images anyway (it pulls only
+  // from the registries allowed below, as Execute does).
+  serveRemoteAsset: true,
+
   // Image expansion: where images may come from and how they become input roots.
   containerImages: {
     // Registries that may be contacted. An image on any other host is refused with
@@ -143,9 +152,11 @@ local common = import 'common.libsonnet';
     //     127.0.0.0/8, [::1]) always use plain HTTP.
     //   credentials (a oneof): { anonymous: {} } (the default) |
     //     { basic: { username, password } } (also used to obtain bearer tokens) |
-    //     { dockerConfigPath: '/path/config.json' }: the file's "auths" entry for the
-    //     host (auth, or username and password, or registrytoken). The file is read
-    //     at start-up; credential helpers are not supported. Credentials come only
+    //     { dockerConfigPath: '/path/config.json' }: read at start-up; for the host,
+    //     as Docker does, its "credHelpers" entry, else "credsStore", else its
+    //     "auths" entry (auth, or username and password, or registrytoken). A
+    //     credential helper (docker-credential-NAME get) runs when credentials are
+    //     first needed, as credentialHelpers below says. Credentials come only
     //     from here, never from an action, so they never enter an action digest.
     //   mirrors: hosts tried, in order, before the registry itself. A mirror uses
     //     the settings of its own entry if it is listed, else anonymous access.
@@ -158,6 +169,21 @@ local common = import 'common.libsonnet';
       { hosts: ['docker.io'], credentials: { anonymous: {} } },
       { hosts: ['ghcr.io', 'quay.io'] },
     ],
+
+    // How the Docker credential helpers that a dockerConfigPath file names
+    // (credHelpers, credsStore) are run: 'docker-credential-NAME get' with the
+    // registry host on standard input, answering {"Username", "Secret"}. A Username
+    // of '<token>' (an OAuth2 identity token) is refused. Failures name the helper
+    // and the registry, never the helper's output.
+    //   timeout: longest run; the helper is then killed (UNAVAILABLE). Default: '10s'.
+    //   cacheTtl: how long an answer is used. After three quarters of it the helper
+    //     runs again in the background while requests keep the cached answer; after
+    //     all of it requests wait for a new run. Concurrent requests share one run.
+    //     Default: '300s'. Recommended value: well below the lifetime of the tokens
+    //     the helper hands out (ECR: 12 h).
+    //   searchDirectories: absolute directories searched, in order, for the helper.
+    //     Default: [] (the directories of the process's PATH, as Docker does).
+    credentialHelpers: { timeout: '10s', cacheTtl: '300s', searchDirectories: [] },
 
     // Contact hosts that are not listed (anonymously; TLS except on loopback).
     // Default: false. Recommended value: false.

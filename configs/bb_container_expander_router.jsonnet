@@ -20,7 +20,8 @@
 //
 // The differences from proxy mode (bb_container_expander.jsonnet, where every field
 // is documented) are:
-// - `scheduler` is not set: only ActionRouter and Health are served.
+// - `scheduler` is not set: only ActionRouter and Health are served (and the Remote
+//   Asset Fetch service, as serveRemoteAsset says).
 // - containerImages.writeBackResults and keepaliveInterval have no effect; the
 //   platformPropertyRules, imageEnvironment, checkProgramExists and
 //   requiredDirectories apply as in proxy mode (a refused action fails RouteAction,
@@ -45,6 +46,9 @@ local proxy = import 'bb_container_expander.jsonnet';
   maximumMessageSizeBytes: common.maximumMessageSizeBytes,
 
   blobstore: proxy.blobstore,
+
+  // Remote Asset FetchDirectory of docker:// URIs, as in proxy mode.
+  serveRemoteAsset: proxy.serveRemoteAsset,
 
   // The same registries and expansion settings as in proxy mode.
   containerImages: proxy.containerImages,

@@ -7,6 +7,7 @@
 //! - proxy mode (`scheduler` set): `Execution` (rewriting actions that name an image)
 //!   and `Capabilities`, forwarded to bb_scheduler;
 //! - router mode (always): `buildbarn.remoteactionrouter.ActionRouter`;
+//! - `serveRemoteAsset`: `build.bazel.remote.asset.v1.Fetch` over the same expander;
 //! - `grpc.health.v1.Health`.
 
 use crate::action::results::ResultMapper;
@@ -20,12 +21,15 @@ use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
 use crate::image::new_image_expander_from_configuration;
+use crate::proto::asset::fetch_server::FetchServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
-use crate::registry::configuration::new_registry_configuration_from_configuration;
+use crate::registry::configuration::{
+    new_platform_from_configuration, new_registry_configuration_from_configuration,
+};
 use crate::service::{
-    CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution,
+    CapabilitiesProxy, ExecutionProxy, ExpandingActionRouter, ExpandingExecution, RemoteAssetFetch,
 };
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -54,6 +58,7 @@ pub struct Program {
     config: ApplicationConfiguration,
     execution: Option<(ExpandingExecution, CapabilitiesProxy)>,
     router: Arc<ExpandingActionRouter>,
+    remote_asset: Option<RemoteAssetFetch>,
     rewriter: Arc<ActionRewriter>,
 }
 
@@ -100,8 +105,15 @@ impl Program {
             }
             None => None,
         };
+        let remote_asset = config.serve_remote_asset.then(|| {
+            RemoteAssetFetch::new(
+                rewriter.expander().clone(),
+                new_platform_from_configuration(&images.default_platform),
+            )
+        });
         Ok(Self {
             router: Arc::new(ExpandingActionRouter::new(rewriter.clone())),
+            remote_asset,
             rewriter,
             execution,
             config,
@@ -131,6 +143,13 @@ impl Program {
                     .max_decoding_message_size(max_received)
                     .max_encoding_message_size(maximum_message_size.max(4 << 20)),
             );
+            if let Some(fetch) = &self.remote_asset {
+                routes = routes.add_service(
+                    FetchServer::new(fetch.clone())
+                        .max_decoding_message_size(max_received)
+                        .max_encoding_message_size(maximum_message_size.max(4 << 20)),
+                );
+            }
             if let Some((execution, capabilities)) = &self.execution {
                 routes = routes
                     .add_service(

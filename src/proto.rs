@@ -1,6 +1,7 @@
 //! Generated code of the project's own .proto files (see build.rs), and short aliases for
 //! the REAPI packages of the `bazel-remote-apis` crate.
 
+pub use bazel_remote_apis::build::bazel::remote::asset::v1 as asset;
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use bazel_remote_apis::google::bytestream;
 pub use bazel_remote_apis::google::longrunning;
@@ -19,8 +20,9 @@ pub mod remoteactionrouter {
     include!(concat!(env!("OUT_DIR"), "/buildbarn.remoteactionrouter.rs"));
 }
 
-/// google.rpc error details REAPI uses (PreconditionFailure for missing blobs).
-pub(crate) mod error_details {
+/// google.rpc error details REAPI uses (PreconditionFailure for missing blobs, BadRequest
+/// for unsupported Remote Asset qualifiers).
+pub mod error_details {
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
 }

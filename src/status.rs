@@ -93,6 +93,36 @@ pub fn missing_blobs(
     )
 }
 
+/// INVALID_ARGUMENT for request fields that are not valid, with a `google.rpc.BadRequest`
+/// holding one `FieldViolation` per `(field, description)`.
+pub fn bad_request(message: impl Into<String>, violations: &[(String, String)]) -> Status {
+    use crate::proto::error_details::{bad_request::FieldViolation, BadRequest};
+    use prost::Message;
+    let request = BadRequest {
+        field_violations: violations
+            .iter()
+            .map(|(field, description)| FieldViolation {
+                field: field.clone(),
+                description: description.clone(),
+            })
+            .collect(),
+    };
+    let message = message.into();
+    let details = crate::proto::rpc::Status {
+        code: Code::InvalidArgument as i32,
+        message: message.clone(),
+        details: vec![crate::proto::protobuf::Any {
+            type_url: "type.googleapis.com/google.rpc.BadRequest".into(),
+            value: request.encode_to_vec(),
+        }],
+    };
+    Status::with_details(
+        Code::InvalidArgument,
+        message,
+        details.encode_to_vec().into(),
+    )
+}
+
 /// The digests a status reports missing through a `PreconditionFailure`, if any.
 pub fn missing_blobs_of(status: &Status) -> Vec<String> {
     use crate::proto::error_details::PreconditionFailure;

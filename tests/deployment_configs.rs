@@ -217,6 +217,7 @@ fn reference_configuration_documents_every_field() {
         "requestTimeout",
         "maximumRetries",
         "initialRetryDelay",
+        "credentialHelpers",
         "blobTransferTimeout",
         "minimumTransferBytesPerSecond",
         "transferRateWindow",
@@ -264,6 +265,7 @@ fn reference_configuration_documents_every_field() {
         "blobstore",
         "scheduler",
         "containerImages",
+        "serveRemoteAsset",
     ] {
         assert!(
             reference.get(top).is_some(),

@@ -329,6 +329,78 @@ async fn docker_config_credentials() {
     assert_eq!(registry.resolve(&r).await.unwrap(), image.manifest_digest);
 }
 
+/// A `credHelpers` entry runs the helper (a script written here), whose answer pulls through
+/// basic auth; the answer is reused for the following requests.
+#[tokio::test]
+async fn credential_helper_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = RegistryServer::start_with_basic_auth("helperuser", "h3lper-pass");
+    let image = three_layer_image(Flavor::Oci, "amd64", "helper");
+    server
+        .pusher()
+        .push_image("private/helper", Some("v1"), &image)
+        .await;
+    let directory = tempfile::tempdir().unwrap();
+    let runs = directory.path().join("runs");
+    for (name, password) in [("good", "h3lper-pass"), ("wrong", "wr0ng-helper-pass")] {
+        let script = directory.path().join(format!("docker-credential-{name}"));
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nread -r url || true\necho \"$url\" >> {}\n\
+                 echo '{{\"ServerURL\":\"'\"$url\"'\",\"Username\":\"helperuser\",\"Secret\":\"{password}\"}}'\n",
+                runs.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let registry_with = |helper: &str| {
+        let config = directory.path().join(format!("{helper}.json"));
+        std::fs::write(
+            &config,
+            json!({"credHelpers": {server.host(): helper}}).to_string(),
+        )
+        .unwrap();
+        OciRegistry::new(new_registry_configuration_from_configuration(
+            &serde_json::from_value(json!({
+                "registries": [{
+                    "hosts": [server.host()],
+                    "credentials": {"dockerConfigPath": config.to_str().unwrap()},
+                }],
+                "credentialHelpers": {
+                    "timeout": "5s",
+                    "cacheTtl": "600s",
+                    "searchDirectories": [directory.path().to_str().unwrap()],
+                },
+                "requestTimeout": "5s",
+                "maximumRetries": 1,
+                "initialRetryDelay": "0.05s",
+            }))
+            .unwrap(),
+        ))
+        .unwrap()
+    };
+    let r = reference(&format!("{}/private/helper:v1", server.host()));
+    let good = registry_with("good");
+    assert_eq!(good.resolve(&r).await.unwrap(), image.manifest_digest);
+    let metadata = good.fetch_image(&r, &linux("amd64")).await.unwrap();
+    assert_eq!(
+        read_blob(&good, &r, &metadata.layers[1]).await,
+        image.layers[1].blob.as_ref()
+    );
+    let log = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(log.lines().collect::<Vec<_>>(), vec![server.host()]);
+
+    let wrong = registry_with("wrong");
+    let err = wrong.resolve(&r).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::PermissionDenied | Code::Unauthenticated),
+        "{err:?}"
+    );
+    assert!(!err.message().contains("wr0ng-helper-pass"), "{err:?}");
+}
+
 #[tokio::test]
 async fn token_auth_success_and_wrong_password() {
     let server = RegistryServer::start_with_token_auth("tokenuser", "t0ken-pass");

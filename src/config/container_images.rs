@@ -56,6 +56,10 @@ pub const DEFAULT_PLATFORM_PROPERTY_NAME: &str = "container-image";
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// `requiredDirectories` when unset: what chroot runners mount over, and `/tmp`.
 pub const DEFAULT_REQUIRED_DIRECTORIES: &[&str] = &["/dev", "/proc", "/sys", "/tmp"];
+/// `credentialHelpers.timeout` when unset.
+pub const DEFAULT_CREDENTIAL_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `credentialHelpers.cacheTtl` when unset.
+pub const DEFAULT_CREDENTIAL_HELPER_CACHE_TTL: Duration = Duration::from_secs(300);
 /// `defaultPlatform.os` when `defaultPlatform` is unset.
 pub const DEFAULT_PLATFORM_OS: &str = "linux";
 /// `defaultPlatform.architecture` when `defaultPlatform` is unset.
@@ -93,6 +97,11 @@ pub struct ContainerImagesConfiguration {
     /// at most 30 s. Default: [`DEFAULT_INITIAL_RETRY_DELAY`] ('0.5s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub initial_retry_delay: Option<Duration>,
+    /// How the Docker credential helpers that a `dockerConfigPath` file names
+    /// (`credHelpers`, `credsStore`) are run and their answers cached.
+    /// Default: see [`CredentialHelpersConfiguration`].
+    #[serde(default)]
+    pub credential_helpers: CredentialHelpersConfiguration,
 
     /// How long a tag keeps resolving to the same digest, fleet-wide (the record is in
     /// the Action Cache). Digest-pinned references never expire.
@@ -393,6 +402,27 @@ pub struct RequestBudget {
     pub burst: Option<u32>,
 }
 
+/// `credentialHelpers`: running `docker-credential-<name> get`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialHelpersConfiguration {
+    /// Longest run of a helper; beyond it the helper is killed and the request fails
+    /// with UNAVAILABLE. Default: [`DEFAULT_CREDENTIAL_HELPER_TIMEOUT`] ('10s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub timeout: Option<Duration>,
+    /// How long a helper's answer is used. After three quarters of it a request still
+    /// gets the cached answer while the helper runs again in the background; after all
+    /// of it requests wait for a new run. Keep it below the lifetime of the tokens the
+    /// helper hands out (ECR: 12 h). Default: [`DEFAULT_CREDENTIAL_HELPER_CACHE_TTL`]
+    /// ('300s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub cache_ttl: Option<Duration>,
+    /// Directories searched, in order, for `docker-credential-<name>`. Default: none,
+    /// which means the directories of the process's `PATH`, as Docker does.
+    #[serde(default)]
+    pub search_directories: Vec<String>,
+}
+
 /// How to authenticate to a registry (a oneof: exactly one key).
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -401,7 +431,9 @@ pub enum Credentials {
     Anonymous {},
     /// HTTP basic credentials, also used to obtain bearer tokens.
     Basic(BasicCredentials),
-    /// A Docker `config.json`, read at startup; its `auths` entry for the host is used.
+    /// A Docker `config.json`, read at startup. For a host, as Docker does: its
+    /// `credHelpers` entry if any, else `credsStore` if set (both run a credential
+    /// helper, see `credentialHelpers`), else its `auths` entry.
     DockerConfigPath(String),
 }
 

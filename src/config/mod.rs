@@ -41,6 +41,11 @@ pub struct ApplicationConfiguration {
     /// Registries, image expansion and its caches.
     #[serde(default)]
     pub container_images: container_images::ContainerImagesConfiguration,
+    /// Serve `build.bazel.remote.asset.v1.Fetch` on every gRPC server: `FetchDirectory` of
+    /// a `docker://` URI expands the image and answers its root Directory digest
+    /// (docs/remote-asset.md). Default: false.
+    #[serde(default)]
+    pub serve_remote_asset: bool,
 }
 
 /// `maximumMessageSizeBytes` when unset: 2 MiB.

@@ -31,6 +31,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::credential_helper::CredentialHelperOptions;
 use super::platform::Platform;
 use super::reference::validate_host;
 pub use crate::config::container_images::RequestBudget;
@@ -39,6 +40,7 @@ pub use crate::config::container_images::{
 };
 use crate::config::container_images::{
     ContainerImagesConfiguration, PlatformConfiguration, DEFAULT_BLOB_TRANSFER_TIMEOUT,
+    DEFAULT_CREDENTIAL_HELPER_CACHE_TTL, DEFAULT_CREDENTIAL_HELPER_TIMEOUT,
     DEFAULT_INITIAL_RETRY_DELAY, DEFAULT_MAXIMUM_RETRIES, DEFAULT_MAXIMUM_RETRY_AFTER,
     DEFAULT_MINIMUM_TRANSFER_BYTES_PER_SECOND, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TRANSFER_RATE_WINDOW,
@@ -73,6 +75,8 @@ pub struct RegistryConfiguration {
     pub allow_private_addresses: bool,
     /// The proxy of every registry request (`httpProxy`); none: direct connections.
     pub http_proxy: Option<String>,
+    /// How credential helpers are run.
+    pub credential_helpers: CredentialHelperOptions,
 }
 
 impl Default for RegistryConfiguration {
@@ -114,6 +118,22 @@ pub fn new_registry_configuration_from_configuration(
             .unwrap_or(DEFAULT_MAXIMUM_RETRY_AFTER),
         allow_private_addresses: configuration.allow_private_addresses,
         http_proxy: configuration.http_proxy.clone(),
+        credential_helpers: CredentialHelperOptions {
+            timeout: configuration
+                .credential_helpers
+                .timeout
+                .unwrap_or(DEFAULT_CREDENTIAL_HELPER_TIMEOUT),
+            cache_ttl: configuration
+                .credential_helpers
+                .cache_ttl
+                .unwrap_or(DEFAULT_CREDENTIAL_HELPER_CACHE_TTL),
+            search_directories: configuration
+                .credential_helpers
+                .search_directories
+                .iter()
+                .map(std::path::PathBuf::from)
+                .collect(),
+        },
     }
 }
 
@@ -164,6 +184,24 @@ impl RegistryConfiguration {
         }
         if self.request_timeout.is_zero() {
             return Err("requestTimeout: must be positive".into());
+        }
+        if self.credential_helpers.timeout.is_zero() {
+            return Err("credentialHelpers.timeout: must be positive".into());
+        }
+        if self.credential_helpers.cache_ttl.is_zero() {
+            return Err("credentialHelpers.cacheTtl: must be positive".into());
+        }
+        for (i, d) in self
+            .credential_helpers
+            .search_directories
+            .iter()
+            .enumerate()
+        {
+            if !d.is_absolute() {
+                return Err(format!(
+                    "credentialHelpers.searchDirectories[{i}]: {d:?} must be an absolute path"
+                ));
+            }
         }
         if self.blob_transfer_timeout.is_zero() {
             return Err("blobTransferTimeout: must be positive".into());
@@ -250,6 +288,45 @@ mod tests {
         let c = new_registry_configuration_from_configuration(&c);
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn credential_helpers_settings() {
+        let c = parse("{}").unwrap();
+        assert_eq!(
+            c.credential_helpers,
+            CredentialHelperOptions {
+                timeout: DEFAULT_CREDENTIAL_HELPER_TIMEOUT,
+                cache_ttl: DEFAULT_CREDENTIAL_HELPER_CACHE_TTL,
+                search_directories: vec![],
+            }
+        );
+        let c = parse(
+            r#"{"credentialHelpers": {"timeout": "2.5s", "cacheTtl": "3600s",
+                "searchDirectories": ["/helpers", "/usr/local/bin"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.credential_helpers.timeout, Duration::from_millis(2500));
+        assert_eq!(c.credential_helpers.cache_ttl, Duration::from_secs(3600));
+        assert_eq!(c.credential_helpers.search_directories.len(), 2);
+        for (json, message) in [
+            (
+                r#"{"credentialHelpers": {"timeout": "0s"}}"#,
+                "credentialHelpers.timeout: must be positive",
+            ),
+            (
+                r#"{"credentialHelpers": {"cacheTtl": "0s"}}"#,
+                "credentialHelpers.cacheTtl: must be positive",
+            ),
+            (
+                r#"{"credentialHelpers": {"searchDirectories": ["bin"]}}"#,
+                "credentialHelpers.searchDirectories[0]",
+            ),
+            (r#"{"credentialHelpers": {"ttl": "1s"}}"#, "unknown field"),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(message), "{json}: {err}");
+        }
     }
 
     #[test]

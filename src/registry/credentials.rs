@@ -3,9 +3,11 @@
 //!
 //! A `config.json` `auths` entry is keyed by host, possibly written as a URL
 //! (`https://index.docker.io/v1/`); it holds `auth` (base64 of `user:password`) or separate
-//! `username` and `password`, or a `registrytoken` (used as a bearer token). Credential
-//! helpers (`credsStore`, `credHelpers`) and OAuth2 `identitytoken`s are not supported: a host
-//! that only has those is a configuration error, reported at startup.
+//! `username` and `password`, or a `registrytoken` (used as a bearer token). OAuth2
+//! `identitytoken`s are not supported: a host that only has one is a configuration error,
+//! reported at startup. A host named in `credHelpers`, or any host when `credsStore` is set,
+//! gets its credentials from that credential helper instead, as Docker does
+//! (`credential_helper.rs` runs it).
 //!
 //! Secrets never appear in `Debug` output or error messages; [`Secrets`] lets error paths
 //! scrub them from text that came from elsewhere (a registry's error body).
@@ -53,34 +55,55 @@ fn host_of_auths_key(key: &str) -> String {
     normalize_host(host)
 }
 
+/// Where the credentials of a host come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// Known now: anonymous, inline, or from a Docker config's `auths`.
+    Static(RegistryAuth),
+    /// From the credential helper `docker-credential-<name>`, run when needed.
+    Helper(String),
+}
+
 /// Reads the credentials for `host` from the Docker config file at `path`.
-pub(crate) fn from_docker_config(path: &str, host: &str) -> Result<RegistryAuth, String> {
+pub(crate) fn from_docker_config(path: &str, host: &str) -> Result<Source, String> {
     let text = std::fs::read(path)
         .map_err(|e| format!("Failed to read Docker config file {path:?}: {e}"))?;
     from_docker_config_bytes(&text, host).map_err(|e| format!("Docker config file {path:?}: {e}"))
 }
 
-fn from_docker_config_bytes(text: &[u8], host: &str) -> Result<RegistryAuth, String> {
+fn from_docker_config_bytes(text: &[u8], host: &str) -> Result<Source, String> {
     // Errors of serde_json name a position, never the content, so no secret leaks here.
     let file: DockerConfigFile =
         serde_json::from_slice(text).map_err(|e| format!("not valid JSON: {e}"))?;
     let host = normalize_host(host);
+    // Docker's order: the host's helper, then the default store, then `auths`.
+    let helper = file
+        .cred_helpers
+        .iter()
+        .find(|(key, _)| host_of_auths_key(key) == host)
+        .map(|(_, name)| name.clone())
+        .or_else(|| file.creds_store.clone())
+        .filter(|name| !name.is_empty());
+    if let Some(name) = helper {
+        if name.contains('/') || name.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "the credential helper named for host {host:?} ({name:?}) is not a plain name"
+            ));
+        }
+        return Ok(Source::Helper(name));
+    }
     let entry = file
         .auths
         .iter()
         .find(|(key, _)| host_of_auths_key(key) == host)
         .map(|(_, entry)| entry);
     let Some(entry) = entry else {
-        let helper = file.cred_helpers.contains_key(&host) || file.creds_store.is_some();
-        return Err(if helper {
-            format!(
-                "host {host:?} has no \"auths\" entry; credential helpers (credsStore, \
-                 credHelpers) are not supported"
-            )
-        } else {
-            format!("host {host:?} has no \"auths\" entry")
-        });
+        return Err(format!("host {host:?} has no \"auths\" entry"));
     };
+    auth_of_entry(entry, &host).map(Source::Static)
+}
+
+fn auth_of_entry(entry: &DockerAuthEntry, host: &str) -> Result<RegistryAuth, String> {
     if let Some(token) = entry.registrytoken.as_deref().filter(|t| !t.is_empty()) {
         return Ok(RegistryAuth::Bearer(token.to_owned()));
     }
@@ -109,48 +132,71 @@ fn from_docker_config_bytes(text: &[u8], host: &str) -> Result<RegistryAuth, Str
     }
 }
 
-/// The credentials configured for `host`.
-pub fn resolve(credentials: Option<&Credentials>, host: &str) -> Result<RegistryAuth, String> {
+/// Where the credentials configured for `host` come from.
+pub fn resolve(credentials: Option<&Credentials>, host: &str) -> Result<Source, String> {
     match credentials {
-        None | Some(Credentials::Anonymous {}) => Ok(RegistryAuth::Anonymous),
-        Some(Credentials::Basic(b)) => {
-            Ok(RegistryAuth::Basic(b.username.clone(), b.password.clone()))
-        }
+        None | Some(Credentials::Anonymous {}) => Ok(Source::Static(RegistryAuth::Anonymous)),
+        Some(Credentials::Basic(b)) => Ok(Source::Static(RegistryAuth::Basic(
+            b.username.clone(),
+            b.password.clone(),
+        ))),
         Some(Credentials::DockerConfigPath(path)) => from_docker_config(path, host),
     }
 }
 
-/// Secret strings to scrub from messages: passwords, tokens and their base64 forms.
+/// Secret strings to scrub from messages: passwords, tokens and their base64 forms. Clones
+/// share one list, so that secrets a credential helper returns later are scrubbed too;
+/// each is counted, so that a helper's replaced answer can be removed without
+/// un-scrubbing an equal secret added elsewhere.
 #[derive(Clone, Default)]
-pub(crate) struct Secrets(Vec<String>);
+pub struct Secrets(std::sync::Arc<parking_lot::RwLock<Vec<(String, usize)>>>);
+
+/// The strings of `auth` that are secret.
+fn secret_strings(auth: &RegistryAuth) -> Vec<String> {
+    let engine = base64::engine::general_purpose::STANDARD;
+    match auth {
+        RegistryAuth::Anonymous => vec![],
+        RegistryAuth::Basic(user, password) => {
+            let mut strings = vec![engine.encode(format!("{user}:{password}"))];
+            if !password.is_empty() {
+                strings.push(password.clone());
+            }
+            strings
+        }
+        RegistryAuth::Bearer(token) if token.is_empty() => vec![],
+        RegistryAuth::Bearer(token) => vec![token.clone()],
+    }
+}
 
 impl Secrets {
     /// Adds the secrets of `auth`.
-    pub fn add(&mut self, auth: &RegistryAuth) {
-        let engine = base64::engine::general_purpose::STANDARD;
-        match auth {
-            RegistryAuth::Anonymous => {}
-            RegistryAuth::Basic(user, password) => {
-                if !password.is_empty() {
-                    self.0.push(password.clone());
-                }
-                self.0.push(engine.encode(format!("{user}:{password}")));
-            }
-            RegistryAuth::Bearer(token) => {
-                if !token.is_empty() {
-                    self.0.push(token.clone());
-                }
+    pub fn add(&self, auth: &RegistryAuth) {
+        let mut secrets = self.0.write();
+        for secret in secret_strings(auth) {
+            match secrets.iter_mut().find(|(s, _)| *s == secret) {
+                Some((_, count)) => *count += 1,
+                None => secrets.push((secret, 1)),
             }
         }
         // Longest first, so that a secret containing another is replaced whole.
-        self.0.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        self.0.dedup();
+        secrets.sort_by(|(a, _), (b, _)| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    }
+
+    /// Removes the secrets of `auth`, added before (those also added by others stay).
+    pub fn remove(&self, auth: &RegistryAuth) {
+        let mut secrets = self.0.write();
+        for secret in secret_strings(auth) {
+            if let Some((_, count)) = secrets.iter_mut().find(|(s, _)| *s == secret) {
+                *count -= 1;
+            }
+        }
+        secrets.retain(|(_, count)| *count > 0);
     }
 
     /// `text` with every secret replaced by `<redacted>`.
     pub(crate) fn scrub(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        for secret in &self.0 {
+        for (secret, _) in self.0.read().iter() {
             if text.contains(secret.as_str()) {
                 text = text.replace(secret.as_str(), "<redacted>");
             }
@@ -161,7 +207,7 @@ impl Secrets {
 
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Secrets({} redacted)", self.0.len())
+        write!(f, "Secrets({} redacted)", self.0.read().len())
     }
 }
 
@@ -172,6 +218,10 @@ mod tests {
 
     fn basic(u: &str, p: &str) -> RegistryAuth {
         RegistryAuth::Basic(u.into(), p.into())
+    }
+
+    fn static_basic(u: &str, p: &str) -> Source {
+        Source::Static(basic(u, p))
     }
 
     #[test]
@@ -187,29 +237,47 @@ mod tests {
             }}, "credHelpers": {{"helper.example.com": "ecr-login"}}}}"#
         );
         let get = |host: &str| from_docker_config_bytes(json.as_bytes(), host);
-        assert_eq!(get("docker.io").unwrap(), basic("alice", "pa:ss"));
+        assert_eq!(get("docker.io").unwrap(), static_basic("alice", "pa:ss"));
         assert_eq!(
             get("registry-1.docker.io").unwrap(),
-            basic("alice", "pa:ss")
+            static_basic("alice", "pa:ss")
         );
         assert_eq!(
             get("Registry.Example.com:5000").unwrap(),
-            basic("bob", "pw")
+            static_basic("bob", "pw")
         );
-        assert_eq!(get("127.0.0.1:5001").unwrap(), basic("alice", "pa:ss"));
+        assert_eq!(
+            get("127.0.0.1:5001").unwrap(),
+            static_basic("alice", "pa:ss")
+        );
         assert_eq!(
             get("token.example.com").unwrap(),
-            RegistryAuth::Bearer("tok".into())
+            Source::Static(RegistryAuth::Bearer("tok".into()))
         );
         assert!(get("oauth.example.com")
             .unwrap_err()
             .contains("identitytoken"));
-        assert!(get("helper.example.com")
-            .unwrap_err()
-            .contains("credential helpers"));
+        assert_eq!(
+            get("helper.example.com").unwrap(),
+            Source::Helper("ecr-login".into())
+        );
         assert!(get("other.example.com")
             .unwrap_err()
             .contains("no \"auths\" entry"));
+    }
+
+    #[test]
+    fn helpers_come_first_as_in_docker() {
+        let json = r#"{"auths": {"a.example": {"username": "u", "password": "p"}, "b.example": {}},
+            "credHelpers": {"https://b.example/v2/": "pass"}, "credsStore": "desktop"}"#;
+        let get = |host: &str| from_docker_config_bytes(json.as_bytes(), host);
+        assert_eq!(get("b.example").unwrap(), Source::Helper("pass".into()));
+        assert_eq!(get("a.example").unwrap(), Source::Helper("desktop".into()));
+        assert_eq!(get("c.example").unwrap(), Source::Helper("desktop".into()));
+        let bad = r#"{"credHelpers": {"a.example": "../../bin/sh"}}"#;
+        assert!(from_docker_config_bytes(bad.as_bytes(), "a.example")
+            .unwrap_err()
+            .contains("not a plain name"));
     }
 
     #[test]
@@ -234,21 +302,22 @@ mod tests {
 
     #[test]
     fn resolve_inline() {
-        assert_eq!(resolve(None, "h").unwrap(), RegistryAuth::Anonymous);
+        let anonymous = Source::Static(RegistryAuth::Anonymous);
+        assert_eq!(resolve(None, "h").unwrap(), anonymous);
         assert_eq!(
             resolve(Some(&Credentials::Anonymous {}), "h").unwrap(),
-            RegistryAuth::Anonymous
+            anonymous
         );
         let b = Credentials::Basic(BasicCredentials {
             username: "u".into(),
             password: "p".into(),
         });
-        assert_eq!(resolve(Some(&b), "h").unwrap(), basic("u", "p"));
+        assert_eq!(resolve(Some(&b), "h").unwrap(), static_basic("u", "p"));
     }
 
     #[test]
     fn scrubbing() {
-        let mut secrets = Secrets::default();
+        let secrets = Secrets::default();
         secrets.add(&basic("user", "s3cret"));
         secrets.add(&RegistryAuth::Bearer("tok3n".into()));
         let b64 = base64::engine::general_purpose::STANDARD.encode("user:s3cret");
@@ -258,5 +327,12 @@ mod tests {
             !scrubbed.contains("s3cret") && !scrubbed.contains(&b64) && !scrubbed.contains("tok3n")
         );
         assert_eq!(format!("{secrets:?}"), "Secrets(3 redacted)");
+        // Counted: removing one of two equal additions keeps the secret.
+        secrets.add(&RegistryAuth::Bearer("tok3n".into()));
+        secrets.remove(&RegistryAuth::Bearer("tok3n".into()));
+        assert!(!secrets.scrub("tok3n").contains("tok3n"));
+        secrets.remove(&RegistryAuth::Bearer("tok3n".into()));
+        assert_eq!(secrets.scrub("tok3n"), "tok3n");
+        assert_eq!(format!("{secrets:?}"), "Secrets(2 redacted)");
     }
 }

@@ -6,7 +6,7 @@
 //! - [`configuration`]: the `registries` configuration and its allow-list;
 //! - [`platform`]: platform normalisation, the REAPI `OSFamily`/`ISA` mapping, index walking;
 //! - [`manifest`]: manifest/index/config documents and the checks of docs/design/layers.md#manifests-and-configs, #platforms, #repeated-layers;
-//! - [`credentials`], [`errors`], [`retry`]: the pieces [`OciRegistry`] uses;
+//! - [`credentials`], [`credential_helper`], [`errors`], [`retry`]: the pieces [`OciRegistry`] uses;
 //! - [`oci_registry`]: the [`Registry`] implementation on the `oci-client` crate.
 //!
 //! Errors are `tonic::Status` whose message names the image, e.g. `Failed to fetch image
@@ -22,6 +22,7 @@
 //! per cache.
 
 pub mod configuration;
+pub mod credential_helper;
 pub mod credentials;
 pub mod errors;
 pub(crate) mod http;

@@ -28,7 +28,8 @@ use tonic::{Code, Status};
 use tracing::warn;
 
 use super::configuration::{is_loopback_host, normalize_host, RegistryConfiguration};
-use super::credentials::{self, Secrets};
+use super::credential_helper::CredentialHelper;
+use super::credentials::{self, Secrets, Source};
 use super::errors::{error_chain, Failure};
 use super::http::bounded_body::read_bounded;
 use super::http::distribution_client::{DistributionClient, Target};
@@ -57,11 +58,19 @@ const MAXIMUM_INDEX_DEPTH: usize = 4;
 /// The header registries name a manifest's digest in.
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
+/// Where the credentials of one host come from.
+#[derive(Clone, Debug)]
+enum HostAuth {
+    Static(RegistryAuth),
+    /// Asked for before each use (cached by the helper).
+    Helper(Arc<CredentialHelper>),
+}
+
 /// How one host is contacted.
 #[derive(Clone, Debug)]
 struct HostSettings {
     plain_http: bool,
-    auth: RegistryAuth,
+    auth: HostAuth,
 }
 
 /// One place to try for a reference: a mirror or the registry itself.
@@ -72,6 +81,9 @@ struct Endpoint {
     /// Set for mirrors: requests carry the registry's name.
     mirror_of: Option<String>,
     settings: HostSettings,
+    /// The credentials used now: the static ones, or the helper's answer once
+    /// [`OciRegistry::with_credentials`] asked for it.
+    auth: RegistryAuth,
 }
 
 impl Endpoint {
@@ -83,7 +95,7 @@ impl Endpoint {
                 &self.host
             },
             plain_http: self.settings.plain_http,
-            credentials: &self.settings.auth,
+            credentials: &self.auth,
             repository: reference.repository(),
             namespace: self.mirror_of.as_deref(),
         }
@@ -132,20 +144,32 @@ fn verify(what: &str, expected: &str, body: &[u8]) -> Result<(), Status> {
 
 impl OciRegistry {
     /// Validates `configuration`, reads the credentials it names (Docker config files are
-    /// read now, once) and creates the HTTP client. Configuration errors are
-    /// `INVALID_ARGUMENT`.
+    /// read now, once; credential helpers they name run when first needed) and creates
+    /// the HTTP client. Configuration errors are `INVALID_ARGUMENT`.
     pub fn new(configuration: RegistryConfiguration) -> Result<Self, Status> {
         configuration.validate().map_err(|e| {
             Status::invalid_argument(format!("Invalid registry configuration: {e}"))
         })?;
         let mut hosts = HashMap::new();
-        let mut secrets = Secrets::default();
+        let secrets = Secrets::default();
         for entry in &configuration.registries {
             for host in &entry.hosts {
-                let auth = credentials::resolve(entry.credentials.as_ref(), host).map_err(|e| {
-                    Status::invalid_argument(format!("Invalid registry configuration: {e}"))
-                })?;
-                secrets.add(&auth);
+                let source =
+                    credentials::resolve(entry.credentials.as_ref(), host).map_err(|e| {
+                        Status::invalid_argument(format!("Invalid registry configuration: {e}"))
+                    })?;
+                let auth = match source {
+                    Source::Static(auth) => {
+                        secrets.add(&auth);
+                        HostAuth::Static(auth)
+                    }
+                    Source::Helper(name) => HostAuth::Helper(CredentialHelper::new(
+                        &name,
+                        &normalize_host(host),
+                        configuration.credential_helpers.clone(),
+                        secrets.clone(),
+                    )),
+                };
                 hosts.insert(
                     normalize_host(host),
                     HostSettings {
@@ -156,7 +180,7 @@ impl OciRegistry {
             }
         }
         Ok(Self {
-            client: DistributionClient::new(&configuration, Arc::new(secrets))?,
+            client: DistributionClient::new(&configuration, secrets)?,
             retry: RetryPolicy {
                 maximum_retries: configuration.maximum_retries,
                 initial_delay: configuration.initial_retry_delay,
@@ -187,31 +211,56 @@ impl OciRegistry {
                  configuration (and allowAnyRegistry is false)"
             )));
         }
-        let settings_of = |h: &str| {
-            self.hosts.get(h).cloned().unwrap_or_else(|| HostSettings {
-                plain_http: is_loopback_host(h),
-                auth: RegistryAuth::Anonymous,
-            })
+        let endpoint = |h: String, mirror_of: Option<String>| {
+            let settings = self.hosts.get(&h).cloned().unwrap_or_else(|| HostSettings {
+                plain_http: is_loopback_host(&h),
+                auth: HostAuth::Static(RegistryAuth::Anonymous),
+            });
+            let auth = match &settings.auth {
+                HostAuth::Static(auth) => auth.clone(),
+                HostAuth::Helper(_) => RegistryAuth::Anonymous,
+            };
+            Endpoint {
+                host: h,
+                mirror_of,
+                settings,
+                auth,
+            }
         };
         let mut endpoints: Vec<Endpoint> = entry
             .map(|e| e.mirrors.as_slice())
             .unwrap_or_default()
             .iter()
-            .map(|m| {
-                let m = normalize_host(m);
-                Endpoint {
-                    settings: settings_of(&m),
-                    host: m,
-                    mirror_of: Some(host.clone()),
-                }
-            })
+            .map(|m| endpoint(normalize_host(m), Some(host.clone())))
             .collect();
-        endpoints.push(Endpoint {
-            settings: settings_of(&host),
-            host,
-            mirror_of: None,
-        });
+        endpoints.push(endpoint(host, None));
         Ok(endpoints)
+    }
+
+    /// [`Self::endpoints`] with the credentials of credential helpers filled in. A mirror
+    /// whose helper fails is skipped (with a warning); the registry's own failure is the
+    /// caller's error.
+    async fn with_credentials(&self, reference: &Reference) -> Result<Vec<Endpoint>, Status> {
+        let endpoints = self.endpoints(reference)?;
+        let mut ready = Vec::with_capacity(endpoints.len());
+        for mut endpoint in endpoints {
+            if let HostAuth::Helper(helper) = &endpoint.settings.auth {
+                match helper.get().await {
+                    Ok(auth) => endpoint.auth = auth,
+                    Err(e) if endpoint.mirror_of.is_some() => {
+                        warn!(
+                            mirror = endpoint.host,
+                            error = e.message(),
+                            "Registry mirror skipped: its credential helper failed"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            ready.push(endpoint);
+        }
+        Ok(ready)
     }
 
     /// Runs `attempt` against each endpoint in turn until one succeeds or fails with an
@@ -538,10 +587,14 @@ impl Registry for OciRegistry {
 
     async fn resolve(&self, reference: &Reference) -> Result<String, Status> {
         let context = || format!("Failed to resolve image {reference}");
-        let endpoints = self.endpoints(reference).context_with(context)?;
         if let Some(digest) = reference.digest() {
+            self.endpoints(reference).context_with(context)?;
             return Ok(digest.to_owned());
         }
+        let endpoints = self
+            .with_credentials(reference)
+            .await
+            .context_with(context)?;
         self.first_success(&endpoints, |endpoint| self.resolve_at(endpoint, reference))
             .await
             .context_with(context)
@@ -554,7 +607,10 @@ impl Registry for OciRegistry {
     ) -> Result<ImageMetadata, Status> {
         let context = || format!("Failed to fetch image {reference} for platform {platform}");
         platform.check_supported().context_with(context)?;
-        let endpoints = self.endpoints(reference).context_with(context)?;
+        let endpoints = self
+            .with_credentials(reference)
+            .await
+            .context_with(context)?;
         self.first_success(&endpoints, |endpoint| {
             self.fetch_image_at(endpoint, reference, platform)
         })
@@ -583,7 +639,10 @@ impl Registry for OciRegistry {
                 layer.size
             )));
         }
-        let endpoints = self.endpoints(reference).context_with(context)?;
+        let endpoints = self
+            .with_credentials(reference)
+            .await
+            .context_with(context)?;
         self.first_success(&endpoints, |endpoint| {
             self.fetch_blob_at(endpoint, reference, layer)
         })
@@ -760,7 +819,7 @@ mod tests {
                 (
                     e.host.as_str(),
                     e.settings.plain_http,
-                    matches!(e.settings.auth, RegistryAuth::Basic(..)),
+                    matches!(e.auth, RegistryAuth::Basic(..)),
                 )
             })
             .collect();
@@ -788,6 +847,58 @@ mod tests {
             .endpoints(&Reference::parse("secure.example/x").unwrap())
             .unwrap();
         assert!(!e[0].settings.plain_http);
+    }
+
+    /// Helper credentials are filled in per request; a mirror whose helper fails is
+    /// skipped, the registry's own failure is the request's.
+    #[tokio::test]
+    async fn credential_helpers_fill_in_endpoints() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-ok");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\necho '{\"Username\":\"u\",\"Secret\":\"from-helper\"}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            r#"{"credHelpers": {"registry.example": "ok", "mirror.example": "absent",
+                "broken.example": "absent"}}"#,
+        )
+        .unwrap();
+        let c = configuration(&format!(
+            r#"{{"registries": [
+                {{"hosts": ["registry.example", "mirror.example", "broken.example"],
+                  "mirrors": ["mirror.example"],
+                  "credentials": {{"dockerConfigPath": {config:?}}}}}],
+              "credentialHelpers": {{"searchDirectories": [{dir:?}]}}}}"#,
+            config = config.to_str().unwrap(),
+            dir = dir.path().to_str().unwrap(),
+        ));
+        let registry = OciRegistry::new(c).unwrap();
+        let endpoints = registry
+            .with_credentials(&Reference::parse("registry.example/x").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        assert_eq!(endpoints[0].host, "registry.example");
+        assert_eq!(
+            endpoints[0].auth,
+            RegistryAuth::Basic("u".into(), "from-helper".into())
+        );
+        let err = registry
+            .resolve(&Reference::parse("broken.example/x:v1").unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            err.message().contains("docker-credential-absent")
+                && err.message().contains("broken.example/x:v1"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -174,6 +174,7 @@ impl Cluster {
                 actionCache: {{ grpc: {{ client: {{ address: '{storage}' }} }} }},
               }},
               {scheduler}
+              serveRemoteAsset: true,
               containerImages: {{
                 registries: [{{ hosts: [{hosts}] }}],
                 requestTimeout: '300s',

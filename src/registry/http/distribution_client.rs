@@ -71,7 +71,7 @@ pub(crate) struct DistributionClient {
     /// By normalised host: where redirects from it may go, when the entry says.
     redirect_hosts: HashMap<String, Vec<String>>,
     maximum_retry_after: Duration,
-    secrets: Arc<Secrets>,
+    secrets: Secrets,
 }
 
 /// Request budgets by normalised host.
@@ -98,7 +98,7 @@ impl DistributionClient {
     /// cannot be set up.
     pub(crate) fn new(
         configuration: &RegistryConfiguration,
-        secrets: Arc<Secrets>,
+        secrets: Secrets,
     ) -> Result<Self, Status> {
         let policy = Arc::new(AddressPolicy::new(configuration));
         // Proxies come from the configuration only (see `httpProxy`): one taken from the
