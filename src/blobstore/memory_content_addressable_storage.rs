@@ -91,13 +91,7 @@ impl ContentAddressableStorage for MemoryContentAddressableStorage {
         // computed each digest from the data it writes, and hashing every blob once more
         // would cost as much as ingesting it (a server, such as the test fake, checks
         // what its clients upload before it stores it).
-        if data.len() as i64 != digest.size_bytes {
-            return Err(Status::invalid_argument(format!(
-                "Buffer is {} bytes in size, while {} bytes were expected",
-                data.len(),
-                digest.size_bytes
-            )));
-        }
+        super::verify_size(digest, data.len() as i64)?;
         let len = data.len() as u64;
         if len > self.maximum_size_bytes {
             return Err(Status::resource_exhausted(format!(

@@ -150,18 +150,31 @@ pub(crate) fn verify_blob(
     digest: &reapi::Digest,
     data: &[u8],
 ) -> Result<(), Status> {
-    if data.len() as i64 != digest.size_bytes {
+    verify_size(digest, data.len() as i64)?;
+    verify_digest(digest, &function.digest_of(data))
+}
+
+/// Checks a blob's size against `digest` (the cheap half of [`verify_blob`]).
+pub(crate) fn verify_size(digest: &reapi::Digest, size: i64) -> Result<(), Status> {
+    if size != digest.size_bytes {
         return Err(Status::invalid_argument(format!(
-            "Buffer is {} bytes in size, while {} bytes were expected",
-            data.len(),
+            "Buffer is {size} bytes in size, while {} bytes were expected",
             digest.size_bytes
         )));
     }
-    let actual = function.digest_of(data);
-    if actual.hash != digest.hash {
+    Ok(())
+}
+
+/// Checks the digest computed from a blob (`actual`) against `expected`.
+pub(crate) fn verify_digest(
+    expected: &reapi::Digest,
+    actual: &reapi::Digest,
+) -> Result<(), Status> {
+    verify_size(expected, actual.size_bytes)?;
+    if actual.hash != expected.hash {
         return Err(Status::invalid_argument(format!(
             "Buffer has checksum {}, while {} was expected",
-            actual.hash, digest.hash
+            actual.hash, expected.hash
         )));
     }
     Ok(())

@@ -876,16 +876,8 @@ impl ByteStream for Handler {
                 }
                 if finished {
                     let actual = std::mem::replace(&mut hasher, function.hasher()).finish();
-                    if actual.size_bytes != expected.size_bytes {
-                        yield Err(Status::invalid_argument(format!(
-                            "Buffer is {} bytes in size, while {} bytes were expected",
-                            actual.size_bytes, expected.size_bytes
-                        )));
-                    } else if actual.hash != expected.hash {
-                        yield Err(Status::invalid_argument(format!(
-                            "Buffer has checksum {}, while {} was expected",
-                            actual.hash, expected.hash
-                        )));
+                    if let Err(status) = crate::blobstore::verify_digest(&expected, &actual) {
+                        yield Err(status);
                     } else if let Some(last) = held.take() {
                         yield Ok(last);
                     }
