@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/buildbarn/remoteactionrouter/remoteactionrouter.proto",
         "proto/bb_container_expander/cache.proto",
+        "proto/bb_container_expander/fleet.proto",
         "proto/google/rpc/error_details.proto",
     ];
     for p in protos {

@@ -15,6 +15,7 @@
 //! - [`tree`]: in-memory Merkle trees, applying changesets, canonical encoding;
 //! - [`merge`]: merging trees stored in the CAS (images stacked, input root grafted),
 //!   and the checks on the result;
+//! - [`fleet`]: several replicas sharing the expansions (one owner per image and layer);
 //! - `util`: building blocks shared by several modules (the bounded cache);
 //! - [`grpc`], [`service`], [`diagnostics`]: clients, servers and the front doors.
 
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod diagnostics;
 pub mod digest;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod grpc;

@@ -8,6 +8,7 @@
 //!   and `Capabilities`, forwarded to bb_scheduler;
 //! - router mode (always): `buildbarn.remoteactionrouter.ActionRouter`;
 //! - `serveRemoteAsset`: `build.bazel.remote.asset.v1.Fetch` over the same expander;
+//! - `fleet`: `bb_container_expander.fleet.Fleet`, the other replicas' calls;
 //! - `grpc.health.v1.Health`.
 
 use crate::action::results::ResultMapper;
@@ -18,10 +19,12 @@ use crate::blobstore::configuration::{
 use crate::config::container_images::DEFAULT_KEEPALIVE_INTERVAL;
 use crate::config::{self, ApplicationConfiguration};
 use crate::diagnostics::{self, Readiness};
+use crate::fleet::{new_fleet_from_configuration, FleetPeerService};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
 use crate::image::new_image_expander_from_configuration;
 use crate::proto::asset::fetch_server::FetchServer;
+use crate::proto::fleet::fleet_server::FleetServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteactionrouter::action_router_server::ActionRouterServer;
@@ -59,6 +62,8 @@ pub struct Program {
     execution: Option<(ExpandingExecution, CapabilitiesProxy)>,
     router: Arc<ExpandingActionRouter>,
     remote_asset: Option<RemoteAssetFetch>,
+    /// The owner's side of the fleet, when `fleet` is configured.
+    fleet_peers: Option<FleetPeerService>,
     rewriter: Arc<ActionRewriter>,
 }
 
@@ -74,12 +79,19 @@ impl Program {
         let ac = new_action_cache_from_configuration(&config.blobstore.action_cache)
             .map_err(|e| format!("Failed to create Action Cache: {e}"))?;
         let images = &config.container_images;
+        let fleet = config
+            .fleet
+            .as_ref()
+            .map(|f| new_fleet_from_configuration(f, maximum_message_size))
+            .transpose()?;
         let expander = new_image_expander_from_configuration(
             images,
             cas.clone(),
             ac.clone(),
             maximum_message_size,
+            fleet.clone(),
         )?;
+        let fleet_peers = fleet.map(|_| FleetPeerService::new(expander.clone()));
         let rewriter = new_action_rewriter_from_configuration(
             images,
             expander,
@@ -114,6 +126,7 @@ impl Program {
         Ok(Self {
             router: Arc::new(ExpandingActionRouter::new(rewriter.clone())),
             remote_asset,
+            fleet_peers,
             rewriter,
             execution,
             config,
@@ -146,6 +159,13 @@ impl Program {
             if let Some(fetch) = &self.remote_asset {
                 routes = routes.add_service(
                     FetchServer::new(fetch.clone())
+                        .max_decoding_message_size(max_received)
+                        .max_encoding_message_size(maximum_message_size.max(4 << 20)),
+                );
+            }
+            if let Some(peers) = &self.fleet_peers {
+                routes = routes.add_service(
+                    FleetServer::new(peers.clone())
                         .max_decoding_message_size(max_received)
                         .max_encoding_message_size(maximum_message_size.max(4 << 20)),
                 );

@@ -14,6 +14,12 @@ pub mod cache {
     include!(concat!(env!("OUT_DIR"), "/bb_container_expander.cache.rs"));
 }
 
+/// Calls between replicas of the expander (docs/design/fleet.md).
+pub mod fleet {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/bb_container_expander.fleet.rs"));
+}
+
 /// Buildbarn's remote action router hook (bb_scheduler `actionRouter: { remote: ... }`).
 pub mod remoteactionrouter {
     #![allow(clippy::all)]

@@ -61,7 +61,7 @@ async fn expanded_root_for(cluster: &Cluster, reference: &str, arch: &str) -> re
     .unwrap();
     let cas: Arc<dyn ContentAddressableStorage> = cluster.memory_cas.clone();
     let ac: Arc<dyn ActionCache> = Arc::new(MemoryActionCache::new(1 << 30));
-    let expander = new_image_expander_from_configuration(&images, cas, ac, 2 << 20).unwrap();
+    let expander = new_image_expander_from_configuration(&images, cas, ac, 2 << 20, None).unwrap();
     expander
         .expand(
             &Instance::new(cluster.instance.clone(), DigestFunction::Sha256),

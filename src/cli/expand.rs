@@ -126,6 +126,7 @@ pub async fn run(args: ExpandArguments) -> Result<bool, String> {
         cas.clone(),
         ac,
         maximum_message_size,
+        None,
     )?;
     let instance = Instance::new(args.instance_name.clone(), DigestFunction::Sha256);
     let mut all_ok = true;

@@ -8,6 +8,7 @@
 
 pub mod blobstore;
 pub mod container_images;
+pub mod fleet;
 pub mod global;
 pub mod grpc;
 pub mod jsonnet;
@@ -46,6 +47,10 @@ pub struct ApplicationConfiguration {
     /// (docs/remote-asset.md). Default: false.
     #[serde(default)]
     pub serve_remote_asset: bool,
+    /// The other replicas of this deployment: each image and layer is expanded by one
+    /// owner among them (docs/design/fleet.md). Unset: this process works alone.
+    #[serde(default)]
+    pub fleet: Option<fleet::FleetConfiguration>,
 }
 
 /// `maximumMessageSizeBytes` when unset: 2 MiB.
@@ -77,6 +82,9 @@ impl ApplicationConfiguration {
         self.container_images
             .validate()
             .map_err(|e| format!("containerImages.{e}"))?;
+        if let Some(fleet) = &self.fleet {
+            fleet.validate().map_err(|e| format!("fleet.{e}"))?;
+        }
         if self.maximum_message_size_bytes < 64 * 1024 {
             return Err(format!(
                 "maximumMessageSizeBytes: {} is too small (at least 65536)",

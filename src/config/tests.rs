@@ -300,3 +300,69 @@ fn platform_property_rules_are_validated_per_action() {
         );
     }
 }
+
+/// `MINIMAL` with `fleet` set to `fleet` (a Jsonnet object).
+fn load_with_fleet(fleet: &str) -> Result<ApplicationConfiguration, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "c.jsonnet",
+        &format!("{MINIMAL} + {{ fleet: {fleet} }}"),
+    );
+    load(&path).map_err(|e| e.replace(&path, "c.jsonnet"))
+}
+
+#[test]
+fn fleet_settings_take_their_defaults_and_are_checked() {
+    let c = load_with_fleet("{ selfAddress: '10.0.0.1:8985', peersDnsName: 'peers.example:8985' }")
+        .unwrap();
+    let fleet = c.fleet.unwrap();
+    assert_eq!(fleet.self_address, "10.0.0.1:8985");
+    assert!(fleet.peers.is_empty());
+    assert_eq!(
+        (
+            fleet.peers_refresh_interval,
+            fleet.unreachable_peer_backoff,
+            fleet.connect_timeout
+        ),
+        (None, None, None)
+    );
+    assert!(load(&write(
+        tempfile::tempdir().unwrap().path(),
+        "c.jsonnet",
+        MINIMAL
+    ))
+    .unwrap()
+    .fleet
+    .is_none());
+
+    for (fleet, message) in [
+        (
+            "{ peers: ['a:1'] }",
+            "missing field `selfAddress`",
+        ),
+        (
+            "{ selfAddress: 'a:1' }",
+            "Invalid configuration in c.jsonnet: fleet.peers, peersDnsName: at least one is required",
+        ),
+        (
+            "{ selfAddress: 'a', peers: ['a:1'] }",
+            "Invalid configuration in c.jsonnet: fleet.selfAddress: \"a\" is not host:port",
+        ),
+        (
+            "{ selfAddress: 'a:1', peers: ['a:1', 'b:x'] }",
+            "Invalid configuration in c.jsonnet: fleet.peers[1]: \"b:x\" is not host:port",
+        ),
+        (
+            "{ selfAddress: 'a:1', peers: ['a:1'], peersRefreshInterval: '0s' }",
+            "Invalid configuration in c.jsonnet: fleet.peersRefreshInterval: must be positive",
+        ),
+        (
+            "{ selfAddress: 'a:1', peers: ['a:1'], peerClient: { address: 'x:1' } }",
+            "unknown field `address`",
+        ),
+    ] {
+        let err = load_with_fleet(fleet).unwrap_err();
+        assert!(err.contains(message), "{fleet}: {err}");
+    }
+}

@@ -14,9 +14,21 @@ use tower::ServiceBuilder;
 
 /// Creates a channel from the configuration. Must be called within a Tokio runtime.
 pub fn new_channel_from_configuration(config: &ClientConfiguration) -> Result<GrpcChannel, String> {
+    new_channel_with_connect_timeout(config, None)
+}
+
+/// A channel from the configuration whose connection attempts give up after
+/// `connect_timeout` (for peers that may be gone, such as other replicas).
+pub fn new_channel_with_connect_timeout(
+    config: &ClientConfiguration,
+    connect_timeout: Option<std::time::Duration>,
+) -> Result<GrpcChannel, String> {
     let context = |e: String| format!("Failed to create client for {:?}: {e}", config.address);
     let adder = MetadataAdder::from_configuration(config).map_err(context)?;
-    let (endpoint, unix_path) = endpoint(config).map_err(context)?;
+    let (mut endpoint, unix_path) = endpoint(config).map_err(context)?;
+    if let Some(timeout) = connect_timeout {
+        endpoint = endpoint.connect_timeout(timeout);
+    }
     let channel = match unix_path {
         Some(path) => {
             endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {

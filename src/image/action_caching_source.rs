@@ -11,6 +11,9 @@
 //! ([`Origin::Rebuilt`]) and overwritten. This decorator does not check that the blobs
 //! the record refers to are present: `completeness_checking_source.rs` does, above it.
 //!
+//! An answer another replica of the fleet produced ([`Origin::Peer`]) was recorded by
+//! that replica and is not recorded again.
+//!
 //! Recording is best-effort for the answer: the answer was built and stored by the
 //! source, so a failure to write its record is logged and counted
 //! (`cache_record_writes_total{result="failed"}`) and the answer returned all the same;
@@ -169,7 +172,10 @@ where
                 }
             }
             let response = this.inner.clone().oneshot(request.clone()).await?;
-            this.record(&request, &response).await;
+            if response.origin() != Origin::Peer {
+                // The owning replica recorded what it answered.
+                this.record(&request, &response).await;
+            }
             Ok(match origin {
                 Origin::Rebuilt => response.with_origin(Origin::Rebuilt),
                 _ => response,

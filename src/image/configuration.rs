@@ -23,6 +23,8 @@ use crate::config::container_images::{
     DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_STALE_TAG_GRACE, DEFAULT_TAG_TTL,
 };
 use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
+use crate::fleet::sharding_source::ShardingLayer;
+use crate::fleet::Fleet;
 use crate::layer::{IngestOptions, LayerIngester};
 use crate::proto::cache::ImageRecord;
 use crate::registry::configuration::new_registry_configuration_from_configuration;
@@ -31,17 +33,20 @@ use std::sync::Arc;
 use tower::ServiceBuilder;
 
 /// The expander of `containerImages`, over the given stores, contacting registries as
-/// configured.
+/// configured, sharing its work with the replicas of `fleet` if any.
 pub fn new_image_expander_from_configuration(
     configuration: &ContainerImagesConfiguration,
     cas: Arc<dyn ContentAddressableStorage>,
     ac: Arc<dyn ActionCache>,
     maximum_message_size_bytes: usize,
+    fleet: Option<Arc<Fleet>>,
 ) -> Result<Arc<ImageExpander>, String> {
     let registry = OciRegistry::new(new_registry_configuration_from_configuration(configuration))
         .map_err(|s| format!("Failed to create registry client: {}", s.message()))?;
-    let options =
-        new_expander_options_from_configuration(configuration, maximum_message_size_bytes);
+    let options = ExpanderOptions {
+        fleet,
+        ..new_expander_options_from_configuration(configuration, maximum_message_size_bytes)
+    };
     Ok(new_image_expander(Arc::new(registry), cas, ac, options))
 }
 
@@ -91,6 +96,7 @@ pub fn new_expander_options_from_configuration(
             .unwrap_or(DEFAULT_STALE_TAG_GRACE),
         maximum_message_size_bytes,
         layer_retries: LAYER_RETRIES,
+        fleet: None,
         ingest: IngestOptions {
             maximum_layer_size_bytes: configuration
                 .maximum_layer_size_bytes
@@ -127,7 +133,7 @@ pub fn new_image_expander(
 ) -> Arc<ImageExpander> {
     let checked = CheckedRecords::new(options.completeness_check_interval);
     let layers = new_layer_source(&registry, &cas, &ac, &options);
-    let chains = new_chain_source(&cas, &ac, &checked, layers, &options);
+    let chains = new_chain_source(&cas, &ac, &checked, layers.clone(), &options);
     let images = new_image_source(&registry, &cas, &ac, &checked, chains, &options);
     let tags = TagResolver::new(registry.clone(), cas.clone(), ac.clone(), options.tag_ttl)
         .abandoning_after(options.abandon_grace_period)
@@ -139,12 +145,14 @@ pub fn new_image_expander(
         options,
         tags,
         images,
+        layers,
         checked,
     })
 }
 
 /// Pinned image and platform → tree: one expansion per image at a time, recorded under
-/// `expand-image`, trusted for the completeness check interval.
+/// `expand-image`, trusted for the completeness check interval; a miss is expanded by
+/// the image's owner in the fleet.
 fn new_image_source(
     registry: &Arc<dyn Registry>,
     cas: &Arc<dyn ContentAddressableStorage>,
@@ -162,6 +170,7 @@ fn new_image_source(
             .layer(MetricsLayer::new("image"))
             .layer(CompletenessCheckingLayer::new(cas.clone()).remembering(checked.clone()))
             .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
+            .option_layer(options.fleet.clone().map(ShardingLayer::new))
             .service(RegistryImageSource::new(
                 registry.clone(),
                 chains,
@@ -193,7 +202,8 @@ fn new_chain_source(
 }
 
 /// Layer → changeset: one ingestion per layer at a time, recorded under `ingest-layer`,
-/// checked for completeness on every use (changesets are not kept in memory).
+/// checked for completeness on every use (changesets are not kept in memory); a miss is
+/// ingested by the layer's owner in the fleet.
 fn new_layer_source(
     registry: &Arc<dyn Registry>,
     cas: &Arc<dyn ContentAddressableStorage>,
@@ -210,6 +220,7 @@ fn new_layer_source(
             .layer(MetricsLayer::new("layer"))
             .layer(CompletenessCheckingLayer::new(cas.clone()))
             .layer(ActionCachingLayer::new(cas.clone(), ac.clone()))
+            .option_layer(options.fleet.clone().map(ShardingLayer::new))
             .service(RegistryLayerSource::new(
                 registry.clone(),
                 ingester,

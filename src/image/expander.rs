@@ -20,6 +20,7 @@
 
 use super::completeness_checking_source::CheckedRecords;
 use super::image_source::{ImageRequest, ImageSource, StepTimings};
+use super::layer_source::LayerSource;
 use super::stage::timed;
 use super::tag_resolver::TagResolver;
 use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
@@ -57,6 +58,10 @@ pub struct ExpanderOptions {
     /// How often a layer whose download failed transiently is fetched again.
     pub layer_retries: u32,
     pub ingest: IngestOptions,
+    /// The replicas this expander shares its work with: each image expansion and layer
+    /// ingestion that misses the caches is done by its owner among them
+    /// (`fleet::sharding_source`). `None`: this process works alone.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// The result of expanding one image.
@@ -89,6 +94,8 @@ pub struct ImageExpander {
     options: ExpanderOptions,
     tags: TagResolver,
     images: ImageSource,
+    /// The layer source below `images` (which other replicas of the fleet call).
+    layers: LayerSource,
     /// The trees this process trusts to be complete (image and layer chain records).
     checked: Arc<CheckedRecords<ImageRecord>>,
 }
@@ -101,6 +108,7 @@ pub struct ExpanderParts {
     pub options: ExpanderOptions,
     pub tags: TagResolver,
     pub images: ImageSource,
+    pub(crate) layers: LayerSource,
     pub checked: Arc<CheckedRecords<ImageRecord>>,
 }
 
@@ -113,6 +121,7 @@ impl ImageExpander {
             options: parts.options,
             tags: parts.tags,
             images: parts.images,
+            layers: parts.layers,
             checked: parts.checked,
         })
     }
@@ -131,6 +140,16 @@ impl ImageExpander {
 
     pub fn options(&self) -> &ExpanderOptions {
         &self.options
+    }
+
+    /// The image source stage, with its decorators.
+    pub(crate) fn image_source(&self) -> &ImageSource {
+        &self.images
+    }
+
+    /// The layer source stage, with its decorators.
+    pub(crate) fn layer_source(&self) -> &LayerSource {
+        &self.layers
     }
 
     /// Forgets what this process knows about tags and trees, so that the next use of

@@ -30,17 +30,29 @@ impl ImageRequest {
         platform: Platform,
         maximum_message_size_bytes: usize,
     ) -> Self {
-        let key = FakeAction::new(
-            instance,
-            Step::ExpandImage,
-            &[
-                &format!("{}@{}", pinned.name(), pinned.digest().unwrap_or_default()),
-                &platform.to_string(),
-                &maximum_message_size_bytes.to_string(),
-            ],
-        );
+        let key = image_key(instance, &pinned, &platform, maximum_message_size_bytes);
         Self::new(instance.clone(), key, PinnedImage { pinned, platform })
     }
+}
+
+/// The fake action an image's tree is recorded under: its pinned reference (which
+/// names a digest), platform and Directory size limit, in `instance`. Its hash is also
+/// the key that chooses the image's owner in a fleet (docs/design/fleet.md).
+pub fn image_key(
+    instance: &Instance,
+    pinned: &Reference,
+    platform: &Platform,
+    maximum_message_size_bytes: usize,
+) -> FakeAction {
+    FakeAction::new(
+        instance,
+        Step::ExpandImage,
+        &[
+            &format!("{}@{}", pinned.name(), pinned.digest().unwrap_or_default()),
+            &platform.to_string(),
+            &maximum_message_size_bytes.to_string(),
+        ],
+    )
 }
 
 /// An image source: the plain one with its decorators.

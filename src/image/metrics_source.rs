@@ -47,6 +47,8 @@ fn labels(cache: &str, origin: Origin) -> (String, &'static str) {
         Origin::ActionCache => (cache.to_string(), "hit"),
         Origin::Built => (cache.to_string(), "miss"),
         Origin::Rebuilt => (cache.to_string(), "incomplete"),
+        // A miss here, answered by the owning replica (`fleet_requests_total`).
+        Origin::Peer => (cache.to_string(), "miss"),
     }
 }
 

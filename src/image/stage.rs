@@ -33,6 +33,9 @@ pub enum Origin {
     ActionCache,
     /// Remembered by this process, which checked it for completeness recently.
     Memory,
+    /// Built or found by the replica of the fleet that owns the request, which
+    /// recorded it (`fleet::sharding_source`).
+    Peer,
 }
 
 /// A request to a cached stage: what to compute (`payload`), for which instance, and the
@@ -44,6 +47,9 @@ pub struct StageRequest<P> {
     /// Set when a record found for `key` turned out unusable: the answer must be built
     /// again, not read from a cache.
     pub bypass_cache: bool,
+    /// Set when another replica of the fleet forwarded the request to this one, its
+    /// owner: it is answered here, never forwarded again.
+    pub from_peer: bool,
     pub payload: P,
 }
 
@@ -53,6 +59,7 @@ impl<P> StageRequest<P> {
             instance,
             key,
             bypass_cache: false,
+            from_peer: false,
             payload,
         }
     }
