@@ -349,6 +349,30 @@ impl Expander {
     }
 }
 
+/// Execute on the expander at `url` (e.g. one run as a separate process), collecting
+/// every operation until the stream ends.
+pub async fn execute_at(url: &str, request: reapi::ExecuteRequest) -> Outcome {
+    let channel = match Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            return Outcome {
+                operations: Vec::new(),
+                error: Some(Status::unavailable(format!("connect to {url}: {e}"))),
+            }
+        }
+    };
+    collect(
+        reapi::execution_client::ExecutionClient::new(channel)
+            .execute(request)
+            .await,
+    )
+    .await
+}
+
 async fn collect(result: Result<tonic::Response<tonic::Streaming<Operation>>, Status>) -> Outcome {
     let mut outcome = Outcome {
         operations: Vec::new(),
