@@ -140,6 +140,35 @@ local common = import 'common.libsonnet';
   // from the registries allowed below, as Execute does).
   serveRemoteAsset: true,
 
+  // Several replicas as one (docs/design/fleet.md): each image expansion and each
+  // layer ingestion that misses the caches is done by one replica of the fleet, its
+  // owner by rendezvous hashing of its cache key, which the others ask over gRPC
+  // (bb_container_expander.fleet.Fleet, served on every gRPC server above). When the
+  // owner cannot be reached, the next owner is asked, down to the asking replica
+  // itself: no request fails because a replica went away. Unset (the default): the
+  // process works alone, and replicas only share what the Action Cache holds, so a
+  // new image asked for on N replicas at once is pulled up to N times.
+  //   selfAddress: 'host:port' at which the other replicas reach this one, spelled
+  //     as in peers, or as peersDnsName resolves to it (Kubernetes:
+  //     std.extVar('POD_IP') + ':8985' with POD_IP from status.podIP). Required.
+  //   peers: every replica's 'host:port', this one included.
+  //   peersDnsName: 'host:port' whose name resolves to every replica (a headless
+  //     Service), resolved at start and every peersRefreshInterval; the replicas
+  //     found are added to peers. At least one of peers and peersDnsName is needed.
+  //   peersRefreshInterval: Default: '10s'.
+  //   unreachablePeerBackoff: how long a replica that could not be reached is left
+  //     out of the owner choice. Default: '10s'.
+  //   connectTimeout: limit on connecting to a replica. Default: '2s'.
+  //   peerClient: { tls, keepalive, addMetadata } of calls to the other replicas,
+  //     as in a gRPC client. Default: plaintext.
+  // The replicas must share the CAS and Action Cache and have the same
+  // containerImages settings. Example:
+  //   fleet: {
+  //     selfAddress: std.extVar('POD_IP') + ':8985',
+  //     peersDnsName: 'expander-peers.buildbarn.svc.cluster.local:8985',
+  //   },
+  // Default: unset. Recommended value: set whenever more than one replica runs.
+
   // Image expansion: where images may come from and how they become input roots.
   containerImages: {
     // Registries that may be contacted. An image on any other host is refused with

@@ -1915,6 +1915,7 @@ fn set_example_environment() {
     ONCE.call_once(|| {
         for (name, value) in [
             ("POD_NAME", "worker-chroot-6d5c9b7f4-q8x2z"),
+            ("POD_IP", "10.0.0.5"),
             ("REGISTRY_USERNAME", "puller"),
             ("REGISTRY_PASSWORD", "example-password"),
         ] {

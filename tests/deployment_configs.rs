@@ -32,6 +32,7 @@ use std::sync::Once;
 /// What the Kubernetes example reads with std.extVar, as its pod sets it.
 const EXAMPLE_ENVIRONMENT: &[(&str, &str)] = &[
     ("POD_NAME", "expander-5d8f7c9b4-x2x7q"),
+    ("POD_IP", "10.1.2.3"),
     ("REGISTRY_USERNAME", "puller"),
     ("REGISTRY_PASSWORD", "example-password"),
 ];
@@ -270,6 +271,23 @@ fn reference_configuration_documents_every_field() {
         assert!(
             reference.get(top).is_some(),
             "{top} is not in the reference"
+        );
+    }
+    // `fleet` is for deployments of several replicas: documented, with an example,
+    // but left unset in the reference.
+    assert!(reference.get("fleet").is_none());
+    for field in [
+        "selfAddress",
+        "peers",
+        "peersDnsName",
+        "peersRefreshInterval",
+        "unreachablePeerBackoff",
+        "connectTimeout",
+        "peerClient",
+    ] {
+        assert!(
+            text.contains(&format!("//   {field}:")),
+            "fleet.{field} is not documented in the reference"
         );
     }
     assert!(text.matches("Default:").count() >= 20);
@@ -687,6 +705,7 @@ fn kubernetes_manifests_mount_the_configuration_and_set_its_variables() {
         .arg("check-config")
         .arg(dir.join("config/expander.jsonnet"))
         .env_remove("POD_NAME")
+        .env_remove("POD_IP")
         .env_remove("REGISTRY_USERNAME")
         .env_remove("REGISTRY_PASSWORD")
         .output()
@@ -703,6 +722,34 @@ fn kubernetes_manifests_mount_the_configuration_and_set_its_variables() {
         string_at(&evaluated, &["global", "logPaths", "0"]),
         "/logs/bb-container-expander-expander-5d8f7c9b4-x2x7q.log"
     );
+
+    // The replicas form a fleet: each reachable at its pod IP on the gRPC port, found
+    // through a headless Service that selects them and exposes that port.
+    assert!(deployment.contains("fieldRef:\n                  fieldPath: status.podIP"));
+    assert_eq!(
+        string_at(&evaluated, &["fleet", "selfAddress"]),
+        "10.1.2.3:8985"
+    );
+    let dns_name = string_at(&evaluated, &["fleet", "peersDnsName"]);
+    let (host, port) = dns_name.rsplit_once(':').unwrap();
+    assert_eq!(port, "8985");
+    assert!(deployment.contains("containerPort: 8985"));
+    let service = host.split('.').next().unwrap();
+    let headless = deployment
+        .split("---")
+        .find(|doc| doc.contains("kind: Service") && doc.contains(&format!("name: {service}\n")))
+        .unwrap_or_else(|| panic!("no Service {service}"));
+    assert!(headless.contains("clusterIP: None"), "{headless}");
+    assert!(headless.contains("app.kubernetes.io/name: expander"));
+    assert!(headless.contains("port: 8985"));
+    assert!(host.ends_with(".buildbarn.svc.cluster.local"), "{host}");
+    let replicas: u32 = deployment
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replicas: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(replicas > 1);
 }
 
 /// The chroot worker's pod: its configurations come from the ConfigMap, the worker

@@ -23,6 +23,7 @@ fn check_config(path: &Path) -> std::process::Output {
         // What the Kubernetes example takes from its pod (fieldRef and a Secret) as
         // std.extVar values; tests/deployment_configs.rs checks it in detail.
         .env("POD_NAME", "expander-0")
+        .env("POD_IP", "10.0.0.5")
         .env("REGISTRY_USERNAME", "puller")
         .env("REGISTRY_PASSWORD", "example-password")
         .arg("check-config")

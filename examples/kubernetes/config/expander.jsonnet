@@ -4,6 +4,8 @@
 // Environment variables of the container are Jsonnet external variables:
 //   POD_NAME           from the pod's metadata.name (fieldRef), names this replica's
 //                      log file;
+//   POD_IP             from the pod's status.podIP (fieldRef), the address the other
+//                      replicas reach this one at (fleet.selfAddress);
 //   REGISTRY_USERNAME, REGISTRY_PASSWORD
 //                      from the Secret registry-credentials: pull-only credentials
 //                      for the private registry.
@@ -31,6 +33,12 @@ local common = import 'common.libsonnet';
   scheduler: {
     address: 'scheduler:8982',
     addMetadataJmespathExpression: common.forwardRequestMetadata,
+  },
+  // The replicas share each expansion: the headless Service expander-peers resolves
+  // to every ready replica, and each image and layer is expanded by one of them.
+  fleet: {
+    selfAddress: std.extVar('POD_IP') + ':8985',
+    peersDnsName: 'expander-peers.buildbarn.svc.cluster.local:8985',
   },
   containerImages: {
     registries: [
