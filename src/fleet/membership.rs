@@ -72,8 +72,8 @@ impl Fleet {
         client_options: PeerClientOptions,
     ) -> Self {
         Self {
-            self_address,
-            static_peers,
+            self_address: canonical_address(&self_address),
+            static_peers: static_peers.iter().map(|p| canonical_address(p)).collect(),
             dns_name,
             unreachable_backoff,
             client_options,
@@ -207,6 +207,20 @@ impl Fleet {
     }
 }
 
+/// `address` as the resolver spells it when its host is an IP address (IPv6 in
+/// brackets: `POD_IP + ':8985'` gives `fd00::1:8985` where resolving gives
+/// `[fd00::1]:8985`), so that this replica recognises itself among the resolved ones.
+fn canonical_address(address: &str) -> String {
+    address
+        .rsplit_once(':')
+        .and_then(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = host.parse().ok()?;
+            Some(std::net::SocketAddr::new(ip, port.parse().ok()?).to_string())
+        })
+        .unwrap_or_else(|| address.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +237,17 @@ mod tests {
                 maximum_message_size_bytes: 4 << 20,
             },
         )
+    }
+
+    #[test]
+    fn addresses_are_compared_as_the_resolver_spells_them() {
+        assert_eq!(canonical_address("10.0.0.1:8985"), "10.0.0.1:8985");
+        assert_eq!(canonical_address("fd00::1:8985"), "[fd00::1]:8985");
+        assert_eq!(canonical_address("[fd00::1]:8985"), "[fd00::1]:8985");
+        assert_eq!(
+            canonical_address("expander-0.peers:8985"),
+            "expander-0.peers:8985"
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ pub mod fake_action;
 #[cfg(test)]
 mod fake_registry;
 #[cfg(test)]
-mod fake_source;
+pub(crate) mod fake_source;
 pub mod image_source;
 pub mod ingestion_slots;
 pub mod layer_source;
