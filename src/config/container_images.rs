@@ -389,6 +389,14 @@ pub struct RegistryHostsConfiguration {
     /// bucket): for a fleet sharing one pull quota. Default: none.
     #[serde(default)]
     pub request_budget: Option<RequestBudget>,
+    /// The instance names that may use these hosts (and so their credentials), as
+    /// prefixes matched by whole path components: 'team-a' allows 'team-a' and
+    /// 'team-a/ci', not 'team-ab'; '' allows every instance name. A request of any
+    /// other instance name is refused with PERMISSION_DENIED before any cache is
+    /// consulted (docs/design/tenants.md). Hosts no entry lists, reached through
+    /// `allowAnyRegistry`, are not limited. Default: none (every instance name).
+    #[serde(default)]
+    pub instance_name_prefixes: Option<Vec<String>>,
 }
 
 /// `registries[].requestBudget`: a token bucket.
