@@ -160,6 +160,15 @@ local common = import 'common.libsonnet';
     //     from here, never from an action, so they never enter an action digest.
     //   mirrors: hosts tried, in order, before the registry itself. A mirror uses
     //     the settings of its own entry if it is listed, else anonymous access.
+    //   instanceNamePrefixes: the instance names that may use these hosts and their
+    //     credentials, as prefixes matched by whole path components: ['team-a',
+    //     'team-b/ci'] allows team-a, team-a/x and team-b/ci/y, not team-ab or
+    //     team-b; '' allows every instance name. Any other instance name is refused
+    //     with PERMISSION_DENIED naming image, registry and instance name, before any
+    //     cache is consulted, so no cached image reaches a team that could not pull
+    //     it (docs/design/tenants.md). A listed mirror's entry must allow at least
+    //     the same instance names. Hosts allowed only by allowAnyRegistry are not
+    //     limited. Default: not set (every instance name).
     //
     // Recommended value: every registry your images come from, with pull-only
     // credentials taken from the environment or a mounted file, e.g.
