@@ -9,6 +9,9 @@
 //! - router mode (always): `buildbarn.remoteactionrouter.ActionRouter`;
 //! - `serveRemoteAsset`: `build.bazel.remote.asset.v1.Fetch` over the same expander;
 //! - `grpc.health.v1.Health`.
+//!
+//! Beside the servers, `containerImages.prewarm` runs a prewarmer over the same
+//! expander, from when the servers are bound until shutdown.
 
 use crate::action::results::ResultMapper;
 use crate::action::{new_action_rewriter_from_configuration, ActionRewriter};
@@ -20,7 +23,9 @@ use crate::config::{self, ApplicationConfiguration};
 use crate::diagnostics::{self, Readiness};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
-use crate::image::new_image_expander_from_configuration;
+use crate::image::{
+    new_image_expander_from_configuration, new_prewarmer_from_configuration, Prewarmer,
+};
 use crate::proto::asset::fetch_server::FetchServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::execution_server::ExecutionServer;
@@ -60,6 +65,7 @@ pub struct Program {
     router: Arc<ExpandingActionRouter>,
     remote_asset: Option<RemoteAssetFetch>,
     rewriter: Arc<ActionRewriter>,
+    prewarmer: Option<Arc<Prewarmer>>,
 }
 
 impl Program {
@@ -80,6 +86,8 @@ impl Program {
             ac.clone(),
             maximum_message_size,
         )?;
+        let prewarmer = new_prewarmer_from_configuration(images, &expander)
+            .map_err(|e| format!("Invalid configuration: containerImages.{e}"))?;
         let rewriter = new_action_rewriter_from_configuration(
             images,
             expander,
@@ -116,6 +124,7 @@ impl Program {
             remote_asset,
             rewriter,
             execution,
+            prewarmer,
             config,
         })
     }
@@ -183,10 +192,20 @@ impl Program {
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
+        let prewarming = self
+            .prewarmer
+            .clone()
+            .map(|prewarmer| tokio::spawn(prewarmer.run(shutdown.clone())));
         readiness.set(true);
         tracing::info!("bb-container-expander is ready");
         let results = futures::future::join_all(servers).await;
         readiness.set(false);
+        if let Some(prewarming) = prewarming {
+            // It stops on the shutdown signal; servers that ended with an error did not
+            // send one.
+            prewarming.abort();
+            let _ = prewarming.await;
+        }
         results.into_iter().collect::<Result<Vec<()>, String>>()?;
         Ok(())
     }

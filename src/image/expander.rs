@@ -148,6 +148,24 @@ impl ImageExpander {
         self.registry.check_allowed(&instance.name, reference)
     }
 
+    /// The digest `reference` names now at its registry (a HEAD request), past every
+    /// cache; refused first as [`Self::check_allowed`] says. For the prewarmer, which
+    /// then expands the digest and calls [`Self::refresh_tag`].
+    pub async fn resolve_at_registry(
+        &self,
+        instance: &Instance,
+        reference: &Reference,
+    ) -> Result<String, Status> {
+        self.check_allowed(instance, reference)?;
+        self.registry.resolve(reference).await
+    }
+
+    /// Takes `digest`, just resolved at the registry and expanded, as `reference`'s
+    /// fresh resolution, here and in the Action Cache (best-effort).
+    pub async fn refresh_tag(&self, instance: &Instance, reference: &Reference, digest: &str) {
+        self.tags.refresh(instance, reference, digest).await;
+    }
+
     /// Expands `reference` (as written by the client) for `platform`.
     pub async fn expand(
         &self,
