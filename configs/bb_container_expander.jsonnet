@@ -413,5 +413,23 @@ local common = import 'common.libsonnet';
     // expanded, so that no client or proxy gives up on a silent stream during a cold
     // pull. Default: '5s'.
     keepaliveInterval: '5s',
+
+    // Images kept expanded before any action asks for them (docs/operations.md,
+    // "Prewarming images"). From start-up on, every interval, each tag is resolved at
+    // its registry (one HEAD request, past tagTtl and every cache), its digest is
+    // expanded under instanceName and platform, and the digest becomes the tag's
+    // fresh resolution in this process and in the Action Cache. A reference pinned by
+    // digest is only kept expanded. Each image is checked at start-up (its registry
+    // must be listed and allow instanceName); at run time a failure is logged, counted
+    // in prewarm_failures_total and retried after the interval, never fatal.
+    //   interval: how often. Default: '300s'.
+    //   images[]: { reference: 'docker://host/repository:tag' (required),
+    //     instanceName: the instance name of the actions that use it (default ''),
+    //     platform: { os, architecture, variant } (default: defaultPlatform) }.
+    //     Default: [].
+    // Default: not set (nothing prewarmed). Recommended value: the toolchain images
+    // your builds name by tag, e.g.
+    //   images: [{ reference: 'docker://ghcr.io/org/toolchain:stable', instanceName: '' }]
+    prewarm: { interval: '300s', images: [] },
   },
 }

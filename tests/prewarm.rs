@@ -103,7 +103,10 @@ where
 {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}: not in time");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not in time"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -182,7 +185,11 @@ async fn a_moved_tag_is_expanded_and_recorded_before_anyone_asks() {
     drop(registry);
     let other = stores.expander(&configuration);
     let expanded = other
-        .expand(&instance(), &reference, &Platform::new("linux", "amd64", ""))
+        .expand(
+            &instance(),
+            &reference,
+            &Platform::new("linux", "amd64", ""),
+        )
         .await
         .unwrap();
     assert_eq!(expanded.manifest_digest, second);
@@ -259,12 +266,19 @@ async fn failures_are_logged_counted_and_retried_without_stopping_the_others() {
     for image in [&missing, &unreachable] {
         let line = text
             .lines()
-            .find(|l| l.contains(&format!("Failed to prewarm image {image} for instance name")))
+            .find(|l| {
+                l.contains(&format!(
+                    "Failed to prewarm image {image} for instance name"
+                ))
+            })
             .unwrap_or_else(|| panic!("no failure logged for {image}:\n{text}"));
         assert!(line.contains("\"team-a\""), "{line}");
         assert!(line.contains("Failed to resolve image"), "{line}");
     }
-    assert!(text.contains("test/later") && text.contains("ot found"), "{text}");
+    assert!(
+        text.contains("test/later") && text.contains("ot found"),
+        "{text}"
+    );
 
     // The missing image appears: the next round expands it, the other still failing.
     let pushed = registry

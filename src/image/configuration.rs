@@ -25,9 +25,9 @@ use crate::config::container_images::{
     DEFAULT_TAG_TTL,
 };
 use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
+use crate::digest::DigestFunction;
 use crate::layer::{IngestOptions, LayerIngester};
 use crate::proto::cache::ImageRecord;
-use crate::digest::DigestFunction;
 use crate::registry::configuration::{
     new_platform_from_configuration, new_registry_configuration_from_configuration,
 };
@@ -69,8 +69,8 @@ pub fn new_prewarmer_from_configuration(
     let mut images = Vec::with_capacity(prewarm.images.len());
     for (i, entry) in prewarm.images.iter().enumerate() {
         let field = |e: &str| format!("prewarm.images[{i}]{e}");
-        let reference =
-            Reference::parse(&entry.reference).map_err(|s| field(&format!(".reference: {}", s.message())))?;
+        let reference = Reference::parse(&entry.reference)
+            .map_err(|s| field(&format!(".reference: {}", s.message())))?;
         validate_instance_name(&entry.instance_name)
             .map_err(|s| field(&format!(".instanceName: {}", s.message())))?;
         let platform = new_platform_from_configuration(
@@ -363,7 +363,10 @@ mod tests {
                 serde_json::json!({"prewarm": {"intervall": "1s"}}),
                 "unknown field",
             ),
-            (serde_json::json!({"prewarm": {"interval": "300"}}), "duration"),
+            (
+                serde_json::json!({"prewarm": {"interval": "300"}}),
+                "duration",
+            ),
         ] {
             let err = serde_json::from_value::<ContainerImagesConfiguration>(json.clone())
                 .unwrap_err()

@@ -303,7 +303,14 @@ mod tests {
         registry.resolve_to(Ok(DIGEST_2.into()));
         prewarmer.run_once().await;
         assert!(metrics::prewarm_tag_moved_at(&text, "team-a") > 0.0);
-        let pending = tracked.state.lock().pending.as_ref().unwrap().digest.clone();
+        let pending = tracked
+            .state
+            .lock()
+            .pending
+            .as_ref()
+            .unwrap()
+            .digest
+            .clone();
         assert_eq!(pending, DIGEST_2);
         assert!(tracked.state.lock().pending.as_ref().unwrap().moved);
         // Moved back to the digest already expanded: nothing pending.

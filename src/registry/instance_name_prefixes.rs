@@ -33,9 +33,7 @@ pub fn covers(outer: Option<&[String]>, inner: Option<&[String]>) -> bool {
         (None, _) => true,
         // Only the empty prefix allows every instance name.
         (Some(outer), None) => outer.iter().any(|q| q.is_empty()),
-        (Some(outer), Some(inner)) => inner
-            .iter()
-            .all(|p| outer.iter().any(|q| matches(q, p))),
+        (Some(outer), Some(inner)) => inner.iter().all(|p| outer.iter().any(|q| matches(q, p))),
     }
 }
 
@@ -102,7 +100,10 @@ mod tests {
             ("team-b/ci", "team-b"),
             ("team-b/ci", "team-b/cid"),
         ] {
-            assert!(!matches(prefix, name), "{prefix:?} should not match {name:?}");
+            assert!(
+                !matches(prefix, name),
+                "{prefix:?} should not match {name:?}"
+            );
         }
     }
 

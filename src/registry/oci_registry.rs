@@ -30,11 +30,11 @@ use tracing::warn;
 use super::configuration::{is_loopback_host, normalize_host, RegistryConfiguration};
 use super::credential_helper::CredentialHelper;
 use super::credentials::{self, Secrets, Source};
-use super::instance_name_prefixes;
 use super::errors::{error_chain, Failure};
 use super::http::bounded_body::read_bounded;
 use super::http::distribution_client::{DistributionClient, Target};
 use super::http::transfer_limits::{LimitedStream, TransferLimits};
+use super::instance_name_prefixes;
 use super::manifest::{
     check_config_descriptor, parse_config, parse_manifest, Descriptor, Manifest,
     ACCEPTED_MANIFEST_MEDIA_TYPES,
