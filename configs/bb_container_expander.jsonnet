@@ -189,6 +189,15 @@ local common = import 'common.libsonnet';
     //     from here, never from an action, so they never enter an action digest.
     //   mirrors: hosts tried, in order, before the registry itself. A mirror uses
     //     the settings of its own entry if it is listed, else anonymous access.
+    //   instanceNamePrefixes: the instance names that may use these hosts and their
+    //     credentials, as prefixes matched by whole path components: ['team-a',
+    //     'team-b/ci'] allows team-a, team-a/x and team-b/ci/y, not team-ab or
+    //     team-b; '' allows every instance name. Any other instance name is refused
+    //     with PERMISSION_DENIED naming image, registry and instance name, before any
+    //     cache is consulted, so no cached image reaches a team that could not pull
+    //     it (docs/design/tenants.md). A listed mirror's entry must allow at least
+    //     the same instance names. Hosts allowed only by allowAnyRegistry are not
+    //     limited. Default: not set (every instance name).
     //
     // Recommended value: every registry your images come from, with pull-only
     // credentials taken from the environment or a mounted file, e.g.
@@ -433,5 +442,23 @@ local common = import 'common.libsonnet';
     // expanded, so that no client or proxy gives up on a silent stream during a cold
     // pull. Default: '5s'.
     keepaliveInterval: '5s',
+
+    // Images kept expanded before any action asks for them (docs/operations.md,
+    // "Prewarming images"). From start-up on, every interval, each tag is resolved at
+    // its registry (one HEAD request, past tagTtl and every cache), its digest is
+    // expanded under instanceName and platform, and the digest becomes the tag's
+    // fresh resolution in this process and in the Action Cache. A reference pinned by
+    // digest is only kept expanded. Each image is checked at start-up (its registry
+    // must be listed and allow instanceName); at run time a failure is logged, counted
+    // in prewarm_failures_total and retried after the interval, never fatal.
+    //   interval: how often. Default: '300s'.
+    //   images[]: { reference: 'docker://host/repository:tag' (required),
+    //     instanceName: the instance name of the actions that use it (default ''),
+    //     platform: { os, architecture, variant } (default: defaultPlatform) }.
+    //     Default: [].
+    // Default: not set (nothing prewarmed). Recommended value: the toolchain images
+    // your builds name by tag, e.g.
+    //   images: [{ reference: 'docker://ghcr.io/org/toolchain:stable', instanceName: '' }]
+    prewarm: { interval: '300s', images: [] },
   },
 }

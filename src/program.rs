@@ -10,6 +10,9 @@
 //! - `serveRemoteAsset`: `build.bazel.remote.asset.v1.Fetch` over the same expander;
 //! - `fleet`: `bb_container_expander.fleet.Fleet`, the other replicas' calls;
 //! - `grpc.health.v1.Health`.
+//!
+//! Beside the servers, `containerImages.prewarm` runs a prewarmer over the same
+//! expander, from when the servers are bound until shutdown.
 
 use crate::action::results::ResultMapper;
 use crate::action::{new_action_rewriter_from_configuration, ActionRewriter};
@@ -22,7 +25,9 @@ use crate::diagnostics::{self, Readiness};
 use crate::fleet::{new_fleet_from_configuration, FleetPeerService};
 use crate::grpc::client::new_channel_from_configuration;
 use crate::grpc::server::bind_servers;
-use crate::image::new_image_expander_from_configuration;
+use crate::image::{
+    new_image_expander_from_configuration, new_prewarmer_from_configuration, Prewarmer,
+};
 use crate::proto::asset::fetch_server::FetchServer;
 use crate::proto::fleet::fleet_server::FleetServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
@@ -65,6 +70,7 @@ pub struct Program {
     /// The owner's side of the fleet, when `fleet` is configured.
     fleet_peers: Option<FleetPeerService>,
     rewriter: Arc<ActionRewriter>,
+    prewarmer: Option<Arc<Prewarmer>>,
 }
 
 impl Program {
@@ -92,6 +98,8 @@ impl Program {
             fleet.clone(),
         )?;
         let fleet_peers = fleet.map(|_| FleetPeerService::new(expander.clone()));
+        let prewarmer = new_prewarmer_from_configuration(images, &expander)
+            .map_err(|e| format!("Invalid configuration: containerImages.{e}"))?;
         let rewriter = new_action_rewriter_from_configuration(
             images,
             expander,
@@ -129,6 +137,7 @@ impl Program {
             fleet_peers,
             rewriter,
             execution,
+            prewarmer,
             config,
         })
     }
@@ -203,10 +212,20 @@ impl Program {
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
+        let prewarming = self
+            .prewarmer
+            .clone()
+            .map(|prewarmer| tokio::spawn(prewarmer.run(shutdown.clone())));
         readiness.set(true);
         tracing::info!("bb-container-expander is ready");
         let results = futures::future::join_all(servers).await;
         readiness.set(false);
+        if let Some(prewarming) = prewarming {
+            // It stops on the shutdown signal; servers that ended with an error did not
+            // send one.
+            prewarming.abort();
+            let _ = prewarming.await;
+        }
         results.into_iter().collect::<Result<Vec<()>, String>>()?;
         Ok(())
     }

@@ -247,6 +247,7 @@ fn reference_configuration_documents_every_field() {
         "requiredDirectories",
         "writeBackResults",
         "keepaliveInterval",
+        "prewarm",
     ] {
         assert!(
             images.contains_key(field),

@@ -60,6 +60,8 @@ pub const DEFAULT_REQUIRED_DIRECTORIES: &[&str] = &["/dev", "/proc", "/sys", "/t
 pub const DEFAULT_CREDENTIAL_HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `credentialHelpers.cacheTtl` when unset.
 pub const DEFAULT_CREDENTIAL_HELPER_CACHE_TTL: Duration = Duration::from_secs(300);
+/// `prewarm.interval` when unset.
+pub const DEFAULT_PREWARM_INTERVAL: Duration = Duration::from_secs(300);
 /// `defaultPlatform.os` when `defaultPlatform` is unset.
 pub const DEFAULT_PLATFORM_OS: &str = "linux";
 /// `defaultPlatform.architecture` when `defaultPlatform` is unset.
@@ -257,6 +259,42 @@ pub struct ContainerImagesConfiguration {
     /// expanded. Default: [`DEFAULT_KEEPALIVE_INTERVAL`] ('5s').
     #[serde(default, deserialize_with = "protojson::optional_duration")]
     pub keepalive_interval: Option<Duration>,
+    /// Images kept expanded before any action asks for them: each tag is resolved
+    /// again (HEAD) every `interval`, and a new digest is expanded at once.
+    /// Default: none.
+    #[serde(default)]
+    pub prewarm: Option<PrewarmConfiguration>,
+}
+
+/// `prewarm`: images the service keeps expanded.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrewarmConfiguration {
+    /// How often each image's tag is resolved at its registry (a HEAD request) and its
+    /// tree checked; a failure is logged, counted and retried after the next interval.
+    /// Default: [`DEFAULT_PREWARM_INTERVAL`] ('300s').
+    #[serde(default, deserialize_with = "protojson::optional_duration")]
+    pub interval: Option<Duration>,
+    /// The images. Default: none.
+    #[serde(default)]
+    pub images: Vec<PrewarmImageConfiguration>,
+}
+
+/// `prewarm.images[]`: one image, for one instance name and platform.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrewarmImageConfiguration {
+    /// The reference, as a `container-image` property names it
+    /// ('docker://ghcr.io/org/img:tag'); a reference pinned by digest is kept
+    /// expanded but never moves.
+    pub reference: String,
+    /// The instance name the image is expanded under (the one the actions that use it
+    /// send); its registry must allow it (`instanceNamePrefixes`). Default: ''.
+    #[serde(default)]
+    pub instance_name: String,
+    /// The platform chosen from a multi-platform image. Default: `defaultPlatform`.
+    #[serde(default)]
+    pub platform: Option<PlatformConfiguration>,
 }
 
 fn default_true() -> bool {
@@ -389,6 +427,14 @@ pub struct RegistryHostsConfiguration {
     /// bucket): for a fleet sharing one pull quota. Default: none.
     #[serde(default)]
     pub request_budget: Option<RequestBudget>,
+    /// The instance names that may use these hosts (and so their credentials), as
+    /// prefixes matched by whole path components: 'team-a' allows 'team-a' and
+    /// 'team-a/ci', not 'team-ab'; '' allows every instance name. A request of any
+    /// other instance name is refused with PERMISSION_DENIED before any cache is
+    /// consulted (docs/design/tenants.md). Hosts no entry lists, reached through
+    /// `allowAnyRegistry`, are not limited. Default: none (every instance name).
+    #[serde(default)]
+    pub instance_name_prefixes: Option<Vec<String>>,
 }
 
 /// `registries[].requestBudget`: a token bucket.
@@ -542,6 +588,11 @@ impl ContainerImagesConfiguration {
         }
         if self.maximum_concurrent_layer_ingests_per_registry == Some(0) {
             return Err("maximumConcurrentLayerIngestsPerRegistry: must be at least 1".into());
+        }
+        if let Some(prewarm) = &self.prewarm {
+            if prewarm.interval.is_some_and(|i| i.is_zero()) {
+                return Err("prewarm.interval: must be positive".into());
+            }
         }
         Ok(())
     }

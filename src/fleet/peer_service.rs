@@ -7,6 +7,7 @@
 
 use super::forwarding::{instance_of, parse_platform, to_owner_error};
 use super::metrics;
+use crate::blobstore::Instance;
 use crate::image::image_source::ImageRequest;
 use crate::image::layer_source::LayerRequest;
 use crate::image::ImageExpander;
@@ -33,22 +34,26 @@ impl FleetPeerService {
         Self { expander }
     }
 
-    /// A pinned reference this replica may fetch.
-    fn pinned(&self, text: &str) -> Result<Reference, Status> {
+    /// A pinned reference this replica may fetch for `instance` (the allow-list and
+    /// the tenant rule are checked again here: the owner answers only what the asking
+    /// replica's request could have pulled).
+    fn pinned(&self, instance: &Instance, text: &str) -> Result<Reference, Status> {
         let reference = Reference::parse(text)?;
         if reference.digest().is_none() {
             return Err(Status::invalid_argument(format!(
                 "Forwarded reference {text} names no digest"
             )));
         }
-        self.expander.registry().check_allowed(&reference)?;
+        self.expander
+            .registry()
+            .check_allowed(&instance.name, &reference)?;
         Ok(reference)
     }
 
     async fn expand_image(&self, request: ExpandImageRequest) -> Result<ImageRecord, Status> {
         let forwarded = request.request.as_ref();
         let instance = instance_of(forwarded)?;
-        let pinned = self.pinned(&request.reference)?;
+        let pinned = self.pinned(&instance, &request.reference)?;
         let platform = parse_platform(&request.platform)?;
         let mut stage_request = ImageRequest::for_image(
             &instance,
@@ -70,7 +75,7 @@ impl FleetPeerService {
     async fn ingest_layer(&self, request: IngestLayerRequest) -> Result<LayerChangeset, Status> {
         let forwarded = request.request.as_ref();
         let instance = instance_of(forwarded)?;
-        let pinned = self.pinned(&request.reference)?;
+        let pinned = self.pinned(&instance, &request.reference)?;
         let layer = LayerDescriptor {
             media_type: request.media_type,
             digest: request.digest,

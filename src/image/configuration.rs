@@ -11,24 +11,30 @@ use super::expander::{ExpanderOptions, ExpanderParts, ImageExpander};
 use super::image_source::ImageSource;
 use super::layer_source::LayerSource;
 use super::metrics_source::MetricsLayer;
+use super::prewarmer::{PrewarmedImage, Prewarmer};
 use super::registry_image_source::RegistryImageSource;
 use super::registry_layer_source::RegistryLayerSource;
 use super::tag_resolver::TagResolver;
 use super::tree_builder::TreeBuilder;
-use crate::blobstore::{ActionCache, ContentAddressableStorage};
+use crate::blobstore::{ActionCache, ContentAddressableStorage, Instance};
 use crate::config::container_images::{
     ContainerImagesConfiguration, DEFAULT_ABANDON_GRACE_PERIOD,
     DEFAULT_COMPLETENESS_CHECK_INTERVAL, DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS,
     DEFAULT_MAXIMUM_CONCURRENT_LAYER_INGESTS_PER_REGISTRY, DEFAULT_MAXIMUM_IMAGE_SIZE_BYTES,
-    DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_STALE_TAG_GRACE, DEFAULT_TAG_TTL,
+    DEFAULT_MAXIMUM_LAYER_SIZE_BYTES, DEFAULT_PREWARM_INTERVAL, DEFAULT_STALE_TAG_GRACE,
+    DEFAULT_TAG_TTL,
 };
 use crate::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
+use crate::digest::DigestFunction;
 use crate::fleet::sharding_source::ShardingLayer;
 use crate::fleet::Fleet;
 use crate::layer::{IngestOptions, LayerIngester};
 use crate::proto::cache::ImageRecord;
-use crate::registry::configuration::new_registry_configuration_from_configuration;
-use crate::registry::{OciRegistry, Registry};
+use crate::registry::configuration::{
+    new_platform_from_configuration, new_registry_configuration_from_configuration,
+};
+use crate::registry::{OciRegistry, Reference, Registry};
+use crate::service::operation_names::validate_instance_name;
 use std::sync::Arc;
 use tower::ServiceBuilder;
 
@@ -48,6 +54,56 @@ pub fn new_image_expander_from_configuration(
         ..new_expander_options_from_configuration(configuration, maximum_message_size_bytes)
     };
     Ok(new_image_expander(Arc::new(registry), cas, ac, options))
+}
+
+/// The prewarmer of `containerImages.prewarm` over `expander`, or none when no image
+/// is listed. Each image is checked here, without network access: its reference, its
+/// instance name, its platform, and that its registry allows that instance name
+/// (docs/design/tenants.md), so that a mistake stops the service at start-up rather
+/// than failing every interval. Messages name the field (`prewarm.images[0]…`).
+pub fn new_prewarmer_from_configuration(
+    configuration: &ContainerImagesConfiguration,
+    expander: &Arc<ImageExpander>,
+) -> Result<Option<Arc<Prewarmer>>, String> {
+    let Some(prewarm) = &configuration.prewarm else {
+        return Ok(None);
+    };
+    if prewarm.images.is_empty() {
+        return Ok(None);
+    }
+    let mut images = Vec::with_capacity(prewarm.images.len());
+    for (i, entry) in prewarm.images.iter().enumerate() {
+        let field = |e: &str| format!("prewarm.images[{i}]{e}");
+        let reference = Reference::parse(&entry.reference)
+            .map_err(|s| field(&format!(".reference: {}", s.message())))?;
+        validate_instance_name(&entry.instance_name)
+            .map_err(|s| field(&format!(".instanceName: {}", s.message())))?;
+        let platform = new_platform_from_configuration(
+            entry
+                .platform
+                .as_ref()
+                .unwrap_or(&configuration.default_platform),
+        );
+        platform
+            .check_supported()
+            .map_err(|s| field(&format!(".platform: {}", s.message())))?;
+        let instance = Instance::new(entry.instance_name.clone(), DigestFunction::Sha256);
+        expander
+            .check_allowed(&instance, &reference)
+            .map_err(|s| field(&format!(": {}: {}", entry.reference, s.message())))?;
+        images.push(PrewarmedImage {
+            text: entry.reference.clone(),
+            reference,
+            instance,
+            platform,
+        });
+    }
+    let interval = prewarm.interval.unwrap_or(DEFAULT_PREWARM_INTERVAL);
+    Ok(Some(Arc::new(Prewarmer::new(
+        expander.clone(),
+        images,
+        interval,
+    ))))
 }
 
 /// How often a layer whose download failed transiently is fetched again. Not
@@ -229,4 +285,111 @@ fn new_layer_source(
                 options.layer_retries,
             )),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobstore::{MemoryActionCache, MemoryContentAddressableStorage};
+
+    fn prewarmer(json: serde_json::Value) -> Result<Option<Arc<Prewarmer>>, String> {
+        let configuration: ContainerImagesConfiguration = serde_json::from_value(json).unwrap();
+        let expander = new_image_expander_from_configuration(
+            &configuration,
+            Arc::new(MemoryContentAddressableStorage::new(1 << 20)),
+            Arc::new(MemoryActionCache::new(1 << 20)),
+            2 << 20,
+            None,
+        )
+        .unwrap();
+        new_prewarmer_from_configuration(&configuration, &expander)
+    }
+
+    fn with_images(images: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "registries": [{"hosts": ["a.example"], "instanceNamePrefixes": ["team-a"]}],
+            "prewarm": {"images": images},
+        })
+    }
+
+    #[test]
+    fn no_prewarmer_without_images() {
+        assert!(prewarmer(serde_json::json!({})).unwrap().is_none());
+        assert!(prewarmer(with_images(serde_json::json!([])))
+            .unwrap()
+            .is_none());
+        let images = serde_json::json!([
+            {"reference": "docker://a.example/x:v1", "instanceName": "team-a/ci"},
+            {"reference": "a.example/y@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+             "instanceName": "team-a", "platform": {"os": "linux", "architecture": "arm64"}},
+        ]);
+        assert!(prewarmer(with_images(images)).unwrap().is_some());
+    }
+
+    #[test]
+    fn images_are_checked_at_start_up() {
+        for (image, message) in [
+            (
+                serde_json::json!({"reference": "docker://a.example/x@sha256:12", "instanceName": "team-a"}),
+                "prewarm.images[0].reference: Invalid",
+            ),
+            (
+                serde_json::json!({"reference": "a.example/x:v1", "instanceName": "team-a/operations"}),
+                "prewarm.images[0].instanceName: Invalid instance name",
+            ),
+            (
+                serde_json::json!({"reference": "a.example/x:v1", "instanceName": "team-a",
+                                   "platform": {"os": "windows", "architecture": "amd64"}}),
+                "prewarm.images[0].platform: ",
+            ),
+            (
+                serde_json::json!({"reference": "a.example/x:v1", "instanceName": "team-b"}),
+                "prewarm.images[0]: a.example/x:v1: Registry a.example is not allowed for \
+                 instance name \"team-b\"",
+            ),
+            (
+                serde_json::json!({"reference": "a.example/x:v1"}),
+                "prewarm.images[0]: a.example/x:v1: Registry a.example is not allowed for \
+                 instance name \"\"",
+            ),
+            (
+                serde_json::json!({"reference": "other.example/x:v1", "instanceName": "team-a"}),
+                "prewarm.images[0]: other.example/x:v1: Registry other.example is not allowed",
+            ),
+        ] {
+            let Err(err) = prewarmer(with_images(serde_json::json!([image]))) else {
+                panic!("{image}: accepted");
+            };
+            assert!(err.starts_with(message), "{image}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_a_zero_interval_are_refused() {
+        for (json, message) in [
+            (
+                serde_json::json!({"prewarm": {"images": [{"reference": "a/b", "instance": ""}]}}),
+                "unknown field",
+            ),
+            (
+                serde_json::json!({"prewarm": {"intervall": "1s"}}),
+                "unknown field",
+            ),
+            (
+                serde_json::json!({"prewarm": {"interval": "300"}}),
+                "duration",
+            ),
+        ] {
+            let err = serde_json::from_value::<ContainerImagesConfiguration>(json.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{json}: {err}");
+        }
+        let zero: ContainerImagesConfiguration =
+            serde_json::from_value(serde_json::json!({"prewarm": {"interval": "0s"}})).unwrap();
+        assert_eq!(
+            zero.validate().unwrap_err(),
+            "prewarm.interval: must be positive"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! `configuration.rs` assembles:
 //!
 //! ```text
-//! reference ─► parse, allow-list, tags refused? ─► tag_resolver.rs (local ─► AC ─► registry)
+//! reference ─► parse, allow-list and instance name, tags refused?
+//!   ─► tag_resolver.rs (local ─► AC ─► registry)
 //!   ─► image source: deduplicating ─► metrics ─► completeness checking ─► action caching
 //!        ─► registry_image_source.rs (metadata ─► size limit)
 //!           ─► chain source: metrics ─► completeness checking ─► action caching
@@ -160,6 +161,30 @@ impl ImageExpander {
         self.checked.clear();
     }
 
+    /// Refuses `reference` if its registry is not allowed, or not for `instance`'s
+    /// name (PERMISSION_DENIED), without network access or any cache.
+    pub fn check_allowed(&self, instance: &Instance, reference: &Reference) -> Result<(), Status> {
+        self.registry.check_allowed(&instance.name, reference)
+    }
+
+    /// The digest `reference` names now at its registry (a HEAD request), past every
+    /// cache; refused first as [`Self::check_allowed`] says. For the prewarmer, which
+    /// then expands the digest and calls [`Self::refresh_tag`].
+    pub async fn resolve_at_registry(
+        &self,
+        instance: &Instance,
+        reference: &Reference,
+    ) -> Result<String, Status> {
+        self.check_allowed(instance, reference)?;
+        self.registry.resolve(reference).await
+    }
+
+    /// Takes `digest`, just resolved at the registry and expanded, as `reference`'s
+    /// fresh resolution, here and in the Action Cache (best-effort).
+    pub async fn refresh_tag(&self, instance: &Instance, reference: &Reference, digest: &str) {
+        self.tags.refresh(instance, reference, digest).await;
+    }
+
     /// Expands `reference` (as written by the client) for `platform`.
     pub async fn expand(
         &self,
@@ -183,7 +208,9 @@ impl ImageExpander {
         platform: &Platform,
     ) -> Result<ExpandedImage, Status> {
         let reference = reference.clone();
-        self.registry.check_allowed(&reference)?;
+        // First of all: no cache below (tags, trees, the Action Cache) may serve an
+        // image to an instance name that could not pull it (docs/design/tenants.md).
+        self.check_allowed(instance, &reference)?;
         if self.options.reject_tags && reference.digest().is_none() {
             return Err(Status::invalid_argument(
                 "Image references must name a digest (name@sha256:…): tags are not accepted by this service",

@@ -59,7 +59,7 @@ impl FakeRegistry {
 
 #[async_trait]
 impl Registry for FakeRegistry {
-    fn check_allowed(&self, _: &Reference) -> Result<(), Status> {
+    fn check_allowed(&self, _: &str, _: &Reference) -> Result<(), Status> {
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! Prometheus metrics of image expansion: cache lookups per cache and outcome, time per
 //! step, bytes pulled from each registry, and how the engine copes with slow or failing
-//! registries (work abandoned, ingestions in progress per registry, tags served stale).
+//! registries (work abandoned, ingestions in progress per registry, tags served stale),
+//! and how prewarmed tags move and how soon their trees are ready.
 
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
 static CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -165,6 +166,90 @@ static TAGS_SERVED_STALE: LazyLock<IntCounterVec> = LazyLock::new(|| {
     prometheus::register(Box::new(c.clone())).expect("metric registered once");
     c
 });
+
+static PREWARM_TAG_MOVED: LazyLock<GaugeVec> = LazyLock::new(|| {
+    let g = GaugeVec::new(
+        prometheus::Opts::new(
+            "prewarm_tag_moved_timestamp_seconds",
+            "When a prewarmed image's tag was last seen to name a new digest (Unix time), \
+             by image (as configured) and instance name.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["image", "instance_name"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(g.clone())).expect("metric registered once");
+    g
+});
+
+static PREWARM_READY_LAG: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        prometheus::HistogramOpts::new(
+            "prewarm_ready_lag_seconds",
+            "Time from a prewarmed tag first seen to name a new digest to that digest's \
+             tree being expanded, by image (as configured) and instance name.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander")
+        .buckets(prometheus::exponential_buckets(0.1, 2.0, 16).expect("valid buckets")),
+        &["image", "instance_name"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(h.clone())).expect("metric registered once");
+    h
+});
+
+static PREWARM_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        prometheus::Opts::new(
+            "prewarm_failures_total",
+            "Prewarming rounds of an image that failed (resolving its tag or expanding \
+             it), by image (as configured) and instance name; retried after the interval.",
+        )
+        .namespace("buildbarn")
+        .subsystem("container_expander"),
+        &["image", "instance_name"],
+    )
+    .expect("valid metric");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+});
+
+/// Records that the tag of prewarmed `image` moved at `unix_seconds`.
+pub(crate) fn prewarm_tag_moved(image: &str, instance_name: &str, unix_seconds: f64) {
+    PREWARM_TAG_MOVED
+        .with_label_values(&[image, instance_name])
+        .set(unix_seconds);
+}
+
+/// Records the time from a prewarmed tag moving to its new tree being ready.
+pub(crate) fn prewarm_ready_lag(image: &str, instance_name: &str, seconds: f64) {
+    PREWARM_READY_LAG
+        .with_label_values(&[image, instance_name])
+        .observe(seconds);
+}
+
+/// Counts a failed prewarming round of `image`.
+pub(crate) fn prewarm_failure(image: &str, instance_name: &str) {
+    PREWARM_FAILURES
+        .with_label_values(&[image, instance_name])
+        .inc();
+}
+
+#[cfg(test)]
+pub(crate) fn prewarm_failures(image: &str, instance_name: &str) -> u64 {
+    PREWARM_FAILURES
+        .with_label_values(&[image, instance_name])
+        .get()
+}
+
+#[cfg(test)]
+pub(crate) fn prewarm_tag_moved_at(image: &str, instance_name: &str) -> f64 {
+    PREWARM_TAG_MOVED
+        .with_label_values(&[image, instance_name])
+        .get()
+}
 
 /// Counts a shared computation of `stage` aborted because nobody waited for it.
 pub(crate) fn abandoned(stage: &str) {

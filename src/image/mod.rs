@@ -21,6 +21,7 @@
 //!
 //! `configuration.rs` stacks them; `expander.rs` is the façade ([`ImageExpander`]) that
 //! parses references and resolves tags (`tag_resolver.rs`) in front of the image source.
+//! `prewarmer.rs` keeps the images of `containerImages.prewarm` expanded through it.
 
 pub mod action_caching_source;
 pub mod chain_source;
@@ -38,6 +39,7 @@ pub mod ingestion_slots;
 pub mod layer_source;
 pub mod metrics;
 pub mod metrics_source;
+pub mod prewarmer;
 pub mod record_validation;
 pub mod registry_image_source;
 pub mod registry_layer_source;
@@ -47,7 +49,10 @@ pub mod stage;
 pub mod tag_resolver;
 pub mod tree_builder;
 
-pub use configuration::{new_image_expander, new_image_expander_from_configuration};
+pub use configuration::{
+    new_image_expander, new_image_expander_from_configuration, new_prewarmer_from_configuration,
+};
 pub use expander::{ExpandedImage, ExpanderOptions, ImageExpander};
 pub use fake_action::{FakeAction, Step};
 pub use image_source::StepTimings;
+pub use prewarmer::{PrewarmedImage, Prewarmer};

@@ -4,7 +4,8 @@
 //! in the Action Cache only by [`TagResolver::record`], which the caller invokes once the
 //! image the tag names expanded: a tag whose image cannot be expanded leaves no record.
 //! [`TagResolver::forget`] drops this process's resolution after such a failure, so that
-//! a tag fixed at the registry is seen at once. This process keeps at most
+//! a tag fixed at the registry is seen at once. [`TagResolver::refresh`] takes a
+//! resolution made elsewhere (by the prewarmer) as fresh. This process keeps at most
 //! [`LOCAL_TAGS`] resolutions, dropping the least recently used first.
 //!
 //! The record's blob is the text `{reference}@{digest}`, so that a record read back is
@@ -265,6 +266,25 @@ impl TagResolver {
                 s.message()
             );
         }
+    }
+
+    /// Takes `digest` as `reference`'s resolution made now at the registry by someone
+    /// else (the prewarmer, once the image expanded): kept in this process for the tag
+    /// TTL and recorded in the Action Cache, so that the fleet's next resolutions of the
+    /// tag name `digest` without asking the registry.
+    pub async fn refresh(&self, instance: &Instance, reference: &Reference, digest: &str) {
+        if reference.digest().is_some() {
+            return;
+        }
+        let key = (instance.clone(), reference.clone());
+        remember(&self.last, &key, digest, SystemTime::now());
+        self.local.lock().insert_until(
+            key,
+            digest.to_string(),
+            0,
+            expiry(self.ttl, Duration::ZERO),
+        );
+        self.record(instance, reference, digest).await;
     }
 
     /// Drops the local resolution of `reference` if it still names `digest`.

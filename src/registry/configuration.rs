@@ -32,6 +32,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::credential_helper::CredentialHelperOptions;
+use super::instance_name_prefixes;
 use super::platform::Platform;
 use super::reference::validate_host;
 pub use crate::config::container_images::RequestBudget;
@@ -226,6 +227,11 @@ impl RegistryConfiguration {
                 validate_host(host)
                     .map_err(|e| format!("registries[{i}].redirectHosts[{j}]: {e}"))?;
             }
+            if let Some(prefixes) = &entry.instance_name_prefixes {
+                instance_name_prefixes::validate(prefixes)
+                    .map_err(|e| format!("registries[{i}].instanceNamePrefixes{e}"))?;
+            }
+            self.validate_mirror_tenants(i, entry)?;
         }
         if self.maximum_retries > 20 {
             return Err(format!(
@@ -239,6 +245,32 @@ impl RegistryConfiguration {
         }
         p.check_supported()
             .map_err(|e| format!("defaultPlatform: {}", e.message()))?;
+        Ok(())
+    }
+
+    /// A mirror is contacted with the credentials of its own entry for every request of
+    /// `entry`'s hosts, so its entry must allow at least the instance names `entry`
+    /// allows: otherwise a tenant could pull through credentials it may not use.
+    fn validate_mirror_tenants(
+        &self,
+        i: usize,
+        entry: &RegistryHostsConfiguration,
+    ) -> Result<(), String> {
+        for (j, mirror) in entry.mirrors.iter().enumerate() {
+            let Some(mirror_entry) = self.entry_for(mirror) else {
+                continue;
+            };
+            if !instance_name_prefixes::covers(
+                mirror_entry.instance_name_prefixes.as_deref(),
+                entry.instance_name_prefixes.as_deref(),
+            ) {
+                return Err(format!(
+                    "registries[{i}].mirrors[{j}]: the entry of mirror {mirror:?} allows \
+                     fewer instance names (instanceNamePrefixes) than this entry, whose \
+                     requests would use its credentials"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -432,6 +464,60 @@ mod tests {
         ] {
             let err = parse(json).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn instance_name_prefixes_are_validated() {
+        let c = parse(r#"{"registries": [{"hosts": ["a.b"]}]}"#).unwrap();
+        assert_eq!(c.registries[0].instance_name_prefixes, None);
+        let c = parse(
+            r#"{"registries": [{"hosts": ["a.b"], "instanceNamePrefixes": ["team-a", "team-b/ci"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.registries[0].instance_name_prefixes,
+            Some(vec!["team-a".to_string(), "team-b/ci".to_string()])
+        );
+        // A mirror whose entry allows at least as much as the registry's.
+        parse(
+            r#"{"registries": [
+                {"hosts": ["a.b"], "mirrors": ["m.b"], "instanceNamePrefixes": ["team-a/ci"]},
+                {"hosts": ["m.b"], "instanceNamePrefixes": ["team-a", "team-b"]},
+                {"hosts": ["c.d"], "mirrors": ["unlisted.b"], "instanceNamePrefixes": ["x"]}
+            ]}"#,
+        )
+        .unwrap();
+        for (json, message) in [
+            (
+                r#"{"registries": [{"hosts": ["a.b"], "instanceNamePrefixes": []}]}"#,
+                "registries[0].instanceNamePrefixes: at least one prefix",
+            ),
+            (
+                r#"{"registries": [{"hosts": ["a.b"], "instanceNamePrefixes": ["a", "/b"]}]}"#,
+                "registries[0].instanceNamePrefixes[1]: \"/b\" has an empty path component",
+            ),
+            (
+                r#"{"registries": [{"hosts": ["a.b"], "instanceNamePrefix": ["a"]}]}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"registries": [
+                    {"hosts": ["a.b"], "mirrors": ["m.b"]},
+                    {"hosts": ["m.b"], "instanceNamePrefixes": ["team-a"]}
+                ]}"#,
+                "registries[0].mirrors[0]: the entry of mirror \"m.b\" allows fewer",
+            ),
+            (
+                r#"{"registries": [
+                    {"hosts": ["a.b"], "mirrors": ["m.b"], "instanceNamePrefixes": ["team-a", "team-b"]},
+                    {"hosts": ["m.b"], "instanceNamePrefixes": ["team-a"]}
+                ]}"#,
+                "registries[0].mirrors[0]",
+            ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(message), "{json}: {err}");
         }
     }
 

@@ -4,6 +4,7 @@
 //!
 //! - [`reference`]: parse and normalise `docker://host/repo:tag@digest` (Docker Hub defaults);
 //! - [`configuration`]: the `registries` configuration and its allow-list;
+//! - [`instance_name_prefixes`]: registries limited to instance names (tenants);
 //! - [`platform`]: platform normalisation, the REAPI `OSFamily`/`ISA` mapping, index walking;
 //! - [`manifest`]: manifest/index/config documents and the checks of docs/design/layers.md#manifests-and-configs, #platforms, #repeated-layers;
 //! - [`credentials`], [`credential_helper`], [`errors`], [`retry`]: the pieces [`OciRegistry`] uses;
@@ -11,8 +12,8 @@
 //!
 //! Errors are `tonic::Status` whose message names the image, e.g. `Failed to fetch image
 //! docker://127.0.0.1:5000/test/x:v1: Not found: …`. Codes: a malformed reference is
-//! `INVALID_ARGUMENT`; a registry that is not allowed is `PERMISSION_DENIED` (refused before
-//! any network access); a missing repository, tag, manifest or blob is `NOT_FOUND`; rejected
+//! `INVALID_ARGUMENT`; a registry that is not allowed, or not for the request's instance
+//! name, is `PERMISSION_DENIED` (refused before any network access); a missing repository, tag, manifest or blob is `NOT_FOUND`; rejected
 //! credentials are `PERMISSION_DENIED`; an image this service cannot run (schema 1, Windows, an
 //! artifact, no matching platform, inconsistent config) is `FAILED_PRECONDITION`; content that
 //! does not match its digest is `DATA_LOSS`; a registry that is down, overloaded (5xx, 429),
@@ -26,6 +27,7 @@ pub mod credential_helper;
 pub mod credentials;
 pub mod errors;
 pub(crate) mod http;
+pub mod instance_name_prefixes;
 pub mod manifest;
 pub(crate) mod metrics;
 pub(crate) mod oci_registry;
@@ -70,9 +72,11 @@ pub struct ImageMetadata {
 /// Access to container image registries.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
-    /// Refuses a reference whose registry the configuration does not allow, without any
-    /// network access (`PERMISSION_DENIED`).
-    fn check_allowed(&self, reference: &Reference) -> Result<(), Status>;
+    /// Refuses a reference whose registry the configuration does not allow, or does not
+    /// allow for `instance_name` (`instanceNamePrefixes`), without any network access
+    /// (`PERMISSION_DENIED`). The other methods do not check the instance name: callers
+    /// check it first, before any cache (docs/design/tenants.md).
+    fn check_allowed(&self, instance_name: &str, reference: &Reference) -> Result<(), Status>;
 
     /// The digest of the manifest (or index) `reference` names now. A reference pinned by
     /// digest returns its digest without network access. Not cached.

@@ -34,6 +34,7 @@ use super::errors::{error_chain, Failure};
 use super::http::bounded_body::read_bounded;
 use super::http::distribution_client::{DistributionClient, Target};
 use super::http::transfer_limits::{LimitedStream, TransferLimits};
+use super::instance_name_prefixes;
 use super::manifest::{
     check_config_descriptor, parse_config, parse_manifest, Descriptor, Manifest,
     ACCEPTED_MANIFEST_MEDIA_TYPES,
@@ -581,8 +582,20 @@ fn passes_to_next_endpoint(code: Code) -> bool {
 
 #[async_trait]
 impl Registry for OciRegistry {
-    fn check_allowed(&self, reference: &Reference) -> Result<(), Status> {
-        self.endpoints(reference).map(|_| ())
+    fn check_allowed(&self, instance_name: &str, reference: &Reference) -> Result<(), Status> {
+        self.endpoints(reference)?;
+        let host = normalize_host(reference.registry());
+        match self.configuration.entry_for(&host) {
+            Some(entry)
+                if !instance_name_prefixes::allows(
+                    entry.instance_name_prefixes.as_deref(),
+                    instance_name,
+                ) =>
+            {
+                Err(instance_name_prefixes::refused(&host, instance_name))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn resolve(&self, reference: &Reference) -> Result<String, Status> {
@@ -786,10 +799,46 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        assert!(registry.check_allowed(&reference).is_err());
+        assert!(registry.check_allowed("", &reference).is_err());
         assert!(registry
-            .check_allowed(&Reference::parse("allowed.example/x").unwrap())
+            .check_allowed("", &Reference::parse("allowed.example/x").unwrap())
             .is_ok());
+    }
+
+    /// instanceNamePrefixes limits an entry's hosts to instance names, by whole path
+    /// components; entries without it, and hosts allowed by allowAnyRegistry, are not
+    /// limited.
+    #[test]
+    fn entries_limited_to_instance_name_prefixes() {
+        let registry = OciRegistry::new(configuration(
+            r#"{"registries": [
+                {"hosts": ["a.example", "a2.example"], "instanceNamePrefixes": ["team-a", "team-b/ci"]},
+                {"hosts": ["open.example"]}
+            ], "allowAnyRegistry": true}"#,
+        ))
+        .unwrap();
+        let limited = Reference::parse("docker://A.example/x:y").unwrap();
+        for allowed in ["team-a", "team-a/x", "team-b/ci", "team-b/ci/linux"] {
+            registry.check_allowed(allowed, &limited).unwrap();
+        }
+        for refused in ["team-b", "team-ab", "", "team-b/cid"] {
+            let err = registry.check_allowed(refused, &limited).unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{refused}");
+            assert_eq!(
+                err.message(),
+                format!(
+                    "Registry a.example is not allowed for instance name {refused:?}: its \
+                     entry in the registries of the configuration is limited to other \
+                     instance names (instanceNamePrefixes)"
+                )
+            );
+        }
+        let other_host = Reference::parse("a2.example/x").unwrap();
+        assert!(registry.check_allowed("team-b", &other_host).is_err());
+        for reference in ["open.example/x", "unlisted.example/x"] {
+            let reference = Reference::parse(reference).unwrap();
+            registry.check_allowed("team-b", &reference).unwrap();
+        }
     }
 
     #[test]
@@ -808,6 +857,7 @@ mod tests {
             mirrors: vec![],
             redirect_hosts: None,
             request_budget: None,
+            instance_name_prefixes: None,
         });
         let registry = OciRegistry::new(c).unwrap();
         let endpoints = registry

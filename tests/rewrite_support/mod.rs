@@ -94,17 +94,23 @@ impl Cluster {
 
     /// A cluster whose storage and scheduler serve `instance_name` only.
     pub async fn start_serving(instance_name: &str) -> Self {
+        Self::start_serving_all(&[instance_name]).await
+    }
+
+    /// A cluster whose storage and scheduler serve `instance_names` (the first is
+    /// [`Cluster::instance`]).
+    pub async fn start_serving_all(instance_names: &[&str]) -> Self {
+        let instance_name = instance_names[0];
         let registry = tokio::task::spawn_blocking(RegistryServer::start)
             .await
             .expect("registry start-up");
         let memory_cas = Arc::new(MemoryContentAddressableStorage::new(1 << 30));
         let ac: Arc<dyn ActionCache> = Arc::new(MemoryActionCache::new(1 << 30));
         let storage = BlobstoreServer::builder(memory_cas.clone(), ac.clone())
-            .instance_names([instance_name])
+            .instance_names(instance_names.iter().copied())
             .start()
             .await;
-        let worker =
-            FakeWorker::start_serving(memory_cas.clone(), Some(ac), &[instance_name]).await;
+        let worker = FakeWorker::start_serving(memory_cas.clone(), Some(ac), instance_names).await;
         Self {
             instance: instance_name.to_string(),
             registry,
