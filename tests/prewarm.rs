@@ -7,6 +7,7 @@
 //! behind (the tag's `resolve-tag` record in the Action Cache, which is written only
 //! once the digest's tree is expanded, and the Prometheus metrics) with a deadline.
 
+mod rewrite_support;
 mod support;
 
 use bb_container_expander::blobstore::{
@@ -298,4 +299,51 @@ async fn failures_are_logged_counted_and_retried_without_stopping_the_others() {
     assert!(!task.is_finished());
     stop.send(true).unwrap();
     task.await.unwrap();
+}
+
+/// The service itself (a `Program` from a Jsonnet configuration, as in production)
+/// starts prewarming once it serves, without any request, and stops it on shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_prewarms_from_start_up_until_shutdown() {
+    let cluster = rewrite_support::Cluster::start().await;
+    let mut entries = rewrite_support::env_entries();
+    entries.push(support::images::TarEntry::file(
+        "etc/prewarmed",
+        b"by the service\n",
+    ));
+    let pushed = rewrite_support::image_of(&entries);
+    cluster.push("test/prewarmed", "v1", &pushed).await;
+    let reference = format!("docker://{}/test/prewarmed:v1", cluster.registry.host());
+    let expander = cluster
+        .expander(&format!(
+            "{{ prewarm: {{ interval: '1s', images: [{{ reference: '{reference}', \
+             instanceName: '{}' }}] }} }}",
+            cluster.instance
+        ))
+        .await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while pushed
+        .layers
+        .iter()
+        .any(|layer| cluster.blob_fetches(&layer.digest) == 0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service did not prewarm {reference}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An action on the tag finds the image expanded: nothing more is pulled.
+    let stored = cluster
+        .store(&rewrite_support::ClientAction::with_images(&[&reference]))
+        .await;
+    let outcome = expander.execute(stored.request()).await;
+    assert_eq!(outcome.result().exit_code, 0);
+    for layer in &pushed.layers {
+        assert_eq!(cluster.blob_fetches(&layer.digest), 1, "{}", layer.digest);
+    }
+    // Shutdown ends the prewarmer with the servers.
+    tokio::time::timeout(PATIENCE, expander.stop())
+        .await
+        .expect("the service stops while prewarming");
 }
