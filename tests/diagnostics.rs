@@ -2,34 +2,11 @@
 //! (`memory: {}`): its first `/metrics` already has the `process_*` series, and its
 //! logs, on a piped standard error and in `global.logPaths`, carry no ANSI codes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 GET; `None` while nothing listens.
-fn http_get(address: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
+use support::{free_port, http_get};
 
 /// The value of an unlabelled series in the Prometheus text format.
 fn value(metrics: &str, name: &str) -> f64 {

@@ -18,12 +18,11 @@ use bb_container_expander::image::image_source::image_key;
 use bb_container_expander::registry::{Platform, Reference};
 use futures::future::join_all;
 use rewrite_support::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
+use support::http_get;
 use support::images::{tar_bytes, Compression, Flavor, Image, ImageBuilder, Layer, TarEntry};
 
 const REPLICAS: usize = 3;
@@ -73,22 +72,6 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// One HTTP/1.1 GET; `None` while nothing listens.
-fn http_get(address: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
 }
 
 /// Starts `REPLICAS` replicas that know each other, pointed at the cluster's storage
