@@ -44,6 +44,10 @@ use layers::{BuiltLayer, HostSelection};
 use report::Table;
 use std::time::Instant;
 
+/// The allocator of the service binary (src/main.rs), so that rows measure what runs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// An image pushed to the benchmark's registry.
 pub struct Pushed {
     /// `127.0.0.1:PORT/bench/NAME:TAG`.
