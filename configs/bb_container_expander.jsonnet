@@ -223,8 +223,9 @@ local common = import 'common.libsonnet';
     //     Default: [] (the directories of the process's PATH, as Docker does).
     credentialHelpers: { timeout: '10s', cacheTtl: '300s', searchDirectories: [] },
 
-    // Contact hosts that are not listed (anonymously; TLS except on loopback).
-    // Default: false. Recommended value: false.
+    // Contact hosts that are not listed (anonymously; TLS except on loopback). Their
+    // metrics share the label registry="other", so that clients cannot grow the number
+    // of series. Default: false. Recommended value: false.
     allowAnyRegistry: false,
 
     // The platform chosen from a multi-platform image (an index) when the action has

@@ -85,6 +85,16 @@ impl Program {
         let ac = new_action_cache_from_configuration(&config.blobstore.action_cache)
             .map_err(|e| format!("Failed to create Action Cache: {e}"))?;
         let images = &config.container_images;
+        if images.allow_any_registry {
+            // Hosts that clients choose share one metric label.
+            crate::registry::metric_labels::limit_to_listed(
+                images
+                    .registries
+                    .iter()
+                    .flat_map(|r| r.hosts.iter().chain(&r.mirrors))
+                    .map(String::as_str),
+            );
+        }
         let fleet = config
             .fleet
             .as_ref()

@@ -26,10 +26,17 @@ struct Service {
     /// Taken by [`Service::stop`]; killed on drop if a test fails first.
     child: Option<Child>,
     http: String,
+    grpc: String,
 }
 
 impl Service {
     fn start(dir: &std::path::Path, log: &std::path::Path) -> Self {
+        Self::start_with(dir, log, "{}")
+    }
+
+    /// The service on the embedded default with `extra` (a Jsonnet object) added to its
+    /// configuration.
+    fn start_with(dir: &std::path::Path, log: &std::path::Path, extra: &str) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let config = dir.join("expander.jsonnet");
         std::fs::write(
@@ -48,7 +55,7 @@ impl Service {
                     contentAddressableStorage: {{ memory: {{}} }},
                     actionCache: {{ memory: {{}} }},
                   }},
-                }}"#,
+                }} + {extra}"#,
                 log = log.display()
             ),
         )
@@ -65,6 +72,7 @@ impl Service {
         Self {
             child: Some(child),
             http: format!("127.0.0.1:{http_port}"),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
         }
     }
 
@@ -151,4 +159,64 @@ fn fresh_service_exports_process_metrics_and_plain_logs() {
         !file.contains(&0x1b),
         "ANSI codes in a log file: {file_text:?}"
     );
+}
+
+/// With `allowAnyRegistry`, clients choose the hosts contacted: a host the configuration
+/// does not list is labelled `other` in every metric, so that they cannot grow the
+/// number of series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_clients_choose_share_one_registry_label() {
+    use bb_container_expander::proto::asset::fetch_client::FetchClient;
+    use bb_container_expander::proto::asset::FetchDirectoryRequest;
+    use support::images::{Compression, Flavor, ImageBuilder, Layer};
+
+    let registry = tokio::task::spawn_blocking(support::registry_server::RegistryServer::start)
+        .await
+        .unwrap();
+    let layer = Layer::from_files(&[("etc/label", b"other")], Compression::Gzip, Flavor::Oci);
+    let image = ImageBuilder::new(Flavor::Oci).layer(layer).build();
+    registry
+        .pusher()
+        .push_image("test/unlisted", Some("v1"), &image)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("expander.log");
+    let service = Service::start_with(
+        dir.path(),
+        &log,
+        "{ serveRemoteAsset: true, containerImages: { allowAnyRegistry: true, \
+           allowPrivateAddresses: true, registries: [{ hosts: ['listed.example'] }] } }",
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(&service.http, "/-/healthy").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "the service did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut client = FetchClient::connect(service.grpc.clone()).await.unwrap();
+    client
+        .fetch_directory(FetchDirectoryRequest {
+            uris: vec![format!("docker://{}/test/unlisted:v1", registry.host())],
+            ..Default::default()
+        })
+        .await
+        .expect("the image is expanded from the unlisted registry");
+
+    let metrics = http_get(&service.http, "/metrics").unwrap();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("buildbarn_container_expander_registry_"))
+        .collect();
+    assert!(
+        series.iter().any(|l| l
+            .starts_with("buildbarn_container_expander_registry_requests_total{")
+            && l.contains(r#"registry="other""#)),
+        "{series:#?}"
+    );
+    assert!(
+        series.iter().any(|l| l
+            .starts_with("buildbarn_container_expander_registry_pulled_bytes_total{")
+            && l.contains(r#"registry="other""#)),
+        "{series:#?}"
+    );
+    assert!(!metrics.contains(&registry.host()), "{series:#?}");
 }

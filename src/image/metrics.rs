@@ -3,6 +3,7 @@
 //! registries (work abandoned, ingestions in progress per registry, tags served stale),
 //! and how prewarmed tags move and how soon their trees are ready.
 
+use crate::registry::metric_labels::label;
 use prometheus::{GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
@@ -264,25 +265,29 @@ pub(crate) fn abandoned_count(stage: &str) -> u64 {
 /// Moves the number of layers being ingested from `registry` by `delta`.
 pub(crate) fn layer_ingests_in_progress(registry: &str, delta: i64) {
     LAYER_INGESTS_IN_PROGRESS
-        .with_label_values(&[registry])
+        .with_label_values(&[&label(registry)])
         .add(delta);
 }
 
 #[cfg(test)]
 pub(crate) fn layer_ingests_in_progress_now(registry: &str) -> i64 {
     LAYER_INGESTS_IN_PROGRESS
-        .with_label_values(&[registry])
+        .with_label_values(&[&label(registry)])
         .get()
 }
 
 /// Counts a tag of `registry` answered with a stale digest.
 pub(crate) fn tag_served_stale(registry: &str) {
-    TAGS_SERVED_STALE.with_label_values(&[registry]).inc();
+    TAGS_SERVED_STALE
+        .with_label_values(&[&label(registry)])
+        .inc();
 }
 
 #[cfg(test)]
 pub(crate) fn tags_served_stale(registry: &str) -> u64 {
-    TAGS_SERVED_STALE.with_label_values(&[registry]).get()
+    TAGS_SERVED_STALE
+        .with_label_values(&[&label(registry)])
+        .get()
 }
 
 /// Counts a record found in the Action Cache but not used.
@@ -323,5 +328,7 @@ pub fn step(step: &str, ok: bool, seconds: f64) {
 }
 
 pub fn pulled(registry: &str, bytes: u64) {
-    PULLED_BYTES.with_label_values(&[registry]).inc_by(bytes);
+    PULLED_BYTES
+        .with_label_values(&[&label(registry)])
+        .inc_by(bytes);
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics of registry access: requests by registry and outcome, what a
 //! registry says of its rate limit (Docker Hub's `RateLimit-*` headers), waits it asked
-//! for (`Retry-After`), and transfers and connections the policies refused.
+//! for (`Retry-After`), and transfers and connections the policies refused. Registry
+//! labels are bounded by `metric_labels.rs`.
 
+use super::metric_labels::label;
 use prometheus::{IntCounterVec, IntGaugeVec};
 use std::sync::LazyLock;
 
@@ -77,21 +79,27 @@ pub(crate) fn request(registry: &str, kind: &str, status: Option<u16>) {
         },
         None => "error",
     };
-    REQUESTS.with_label_values(&[registry, kind, result]).inc();
+    REQUESTS
+        .with_label_values(&[&label(registry), kind, result])
+        .inc();
 }
 
 /// Records a registry's `RateLimit-Limit` or `RateLimit-Remaining`.
 pub(crate) fn rate_limit(registry: &str, header: &str, value: i64) {
-    RATE_LIMIT.with_label_values(&[registry, header]).set(value);
+    RATE_LIMIT
+        .with_label_values(&[&label(registry), header])
+        .set(value);
 }
 
 /// Counts a `Retry-After`, honoured or not.
 pub(crate) fn retry_after(registry: &str, honoured: bool) {
     let result = if honoured { "honoured" } else { "refused" };
-    RETRY_AFTER.with_label_values(&[registry, result]).inc();
+    RETRY_AFTER
+        .with_label_values(&[&label(registry), result])
+        .inc();
 }
 
 /// Counts a request a policy stopped.
 pub(crate) fn refused(registry: &str, reason: &str) {
-    REFUSED.with_label_values(&[registry, reason]).inc();
+    REFUSED.with_label_values(&[&label(registry), reason]).inc();
 }

@@ -29,6 +29,7 @@ pub mod errors;
 pub(crate) mod http;
 pub mod instance_name_prefixes;
 pub mod manifest;
+pub mod metric_labels;
 pub(crate) mod metrics;
 pub(crate) mod oci_registry;
 pub mod platform;
