@@ -41,6 +41,19 @@ fn image(content: &[u8]) -> Image {
     ImageBuilder::new(Flavor::Oci).layer(layer).build()
 }
 
+/// A prewarmer running until [`Running::stop`].
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
 /// The in-memory stores a fleet would share.
 struct Stores {
     cas: Arc<dyn ContentAddressableStorage>,
@@ -52,6 +65,19 @@ impl Stores {
         Self {
             cas: Arc::new(MemoryContentAddressableStorage::new(1 << 30)),
             ac: Arc::new(MemoryActionCache::new(1 << 30)),
+        }
+    }
+
+    /// The prewarmer of `configuration` over a fresh expander, running.
+    fn prewarm(&self, configuration: &ContainerImagesConfiguration) -> Running {
+        let expander = self.expander(configuration);
+        let prewarmer = new_prewarmer_from_configuration(configuration, &expander)
+            .unwrap()
+            .expect("a prewarmer");
+        let (stop, shutdown) = watch::channel(false);
+        Running {
+            stop,
+            task: tokio::spawn(prewarmer.run(shutdown)),
         }
     }
 
@@ -151,12 +177,7 @@ async fn a_moved_tag_is_expanded_and_recorded_before_anyone_asks() {
         },
     }));
     let stores = Stores::new();
-    let expander = stores.expander(&configuration);
-    let prewarmer = new_prewarmer_from_configuration(&configuration, &expander)
-        .unwrap()
-        .expect("a prewarmer");
-    let (stop, shutdown) = watch::channel(false);
-    let task = tokio::spawn(prewarmer.run(shutdown));
+    let running = stores.prewarm(&configuration);
 
     eventually("the first digest recorded", || async {
         stores.recorded_tag(&reference).await.as_deref() == Some(first.as_str())
@@ -179,8 +200,7 @@ async fn a_moved_tag_is_expanded_and_recorded_before_anyone_asks() {
         Some(second.as_str())
     );
     assert!(metric("prewarm_tag_moved_timestamp_seconds", &reference) > 0.0);
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    running.stop().await;
 
     // With the registry gone, another process serves the tag's new image from the
     // caches alone: the tag's record and the image's tree were both there.
@@ -251,12 +271,7 @@ async fn failures_are_logged_counted_and_retried_without_stopping_the_others() {
         },
     }));
     let stores = Stores::new();
-    let expander = stores.expander(&configuration);
-    let prewarmer = new_prewarmer_from_configuration(&configuration, &expander)
-        .unwrap()
-        .expect("a prewarmer");
-    let (stop, shutdown) = watch::channel(false);
-    let task = tokio::spawn(prewarmer.run(shutdown));
+    let running = stores.prewarm(&configuration);
 
     // Both fail, round after round.
     eventually("failures counted in several rounds", || async {
@@ -296,9 +311,8 @@ async fn failures_are_logged_counted_and_retried_without_stopping_the_others() {
         metric("prewarm_failures_total", &unreachable) > failures
     })
     .await;
-    assert!(!task.is_finished());
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    assert!(!running.task.is_finished());
+    running.stop().await;
 }
 
 /// The service itself (a `Program` from a Jsonnet configuration, as in production)

@@ -55,15 +55,15 @@ fn action(images: &[&str], program: &str, environment: &[(&str, &str)]) -> Clien
     }
 }
 
-/// An expander that serves the router only (no scheduler configured).
-async fn router(cluster: &Cluster, container_images: &str) -> Expander {
-    cluster
-        .expander_with(ExpanderSettings {
-            scheduler: false,
-            registry_hosts: vec![cluster.registry.host()],
-            container_images: container_images.into(),
-        })
-        .await
+/// `status` is FAILED_PRECONDITION, and its message contains each of `parts`.
+fn assert_refused_with(status: &tonic::Status, parts: &[&str]) {
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    for part in parts {
+        assert!(
+            status.message().contains(part),
+            "{part:?} not in {status:?}"
+        );
+    }
 }
 
 /// The rewritten Action and Command router mode answers for `stored`.
@@ -207,7 +207,7 @@ async fn the_images_env_is_the_base_of_the_environment_in_proxy_mode() {
 async fn the_images_env_is_the_base_of_the_environment_in_router_mode() {
     let cluster = Cluster::start().await;
     let (first, second) = two_images(&cluster).await;
-    let expander = router(&cluster, "{}").await;
+    let expander = cluster.router("{}").await;
     let stored = cluster
         .store(&action(
             &[&first, &second],
@@ -268,28 +268,24 @@ async fn the_program_is_checked_on_the_path_the_image_sets_in_proxy_mode() {
         ))
         .await;
     let outcome = expander.execute(own_path.request()).await;
-    let status = outcome.refusal();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-    assert!(status.message().contains(&reference), "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains("program \"mytool\" is not an executable file in any directory of PATH \"/bin:/usr/bin\""),
-        "{status:?}"
+    assert_refused_with(
+        outcome.refusal(),
+        &[
+            &reference,
+            "program \"mytool\" is not an executable file in any directory of PATH \"/bin:/usr/bin\"",
+        ],
     );
 
     // An absolute path that is not there.
     let missing = cluster
         .store(&action(&[&reference], "/usr/local/bin/python3", &[]))
         .await;
-    let status = expander.execute(missing.request()).await.refusal().clone();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains(&reference)
-            && status
-                .message()
-                .contains("program \"/usr/local/bin/python3\" does not exist"),
-        "{status:?}"
+    assert_refused_with(
+        expander.execute(missing.request()).await.refusal(),
+        &[
+            &reference,
+            "program \"/usr/local/bin/python3\" does not exist",
+        ],
     );
 
     // A relative path with a '/' is an input, from the working directory (`src`).
@@ -307,17 +303,9 @@ async fn the_program_is_checked_on_the_path_the_image_sets_in_proxy_mode() {
     let missing_input = cluster
         .store(&action(&[&reference], "bazel-out/bin/gen", &[]))
         .await;
-    let status = expander
-        .execute(missing_input.request())
-        .await
-        .refusal()
-        .clone();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains(
-            "program \"bazel-out/bin/gen\" (from working directory \"src\") does not exist"
-        ),
-        "{status:?}"
+    assert_refused_with(
+        expander.execute(missing_input.request()).await.refusal(),
+        &["program \"bazel-out/bin/gen\" (from working directory \"src\") does not exist"],
     );
     // Only the two actions that passed reached the worker.
     assert_eq!(cluster.worker.snapshot().executions.len(), 2);
@@ -340,17 +328,15 @@ async fn the_program_is_checked_on_the_path_the_image_sets_in_proxy_mode() {
 async fn the_program_is_checked_in_router_mode() {
     let cluster = Cluster::start().await;
     let reference = tool_image(&cluster).await;
-    let expander = router(&cluster, "{}").await;
+    let expander = cluster.router("{}").await;
     let found = cluster.store(&action(&[&reference], "mytool", &[])).await;
     route(&cluster, &expander, &found).await.unwrap();
     let missing = cluster
         .store(&action(&[&reference], "othertool", &[]))
         .await;
-    let status = route(&cluster, &expander, &missing).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains(&reference) && status.message().contains("program \"othertool\""),
-        "{status:?}"
+    assert_refused_with(
+        &route(&cluster, &expander, &missing).await.unwrap_err(),
+        &[&reference, "program \"othertool\""],
     );
     expander.stop().await;
 }
@@ -409,7 +395,7 @@ async fn required_directories_are_added_or_refused_in_proxy_and_router_mode() {
     none.stop().await;
 
     // Router mode: the defaults, and the same refusal.
-    let routing = router(&cluster, "{}").await;
+    let routing = cluster.router("{}").await;
     let (routed, _) = route(&cluster, &routing, &stored).await.unwrap();
     let root: reapi::Directory = get_message(
         &*cluster.cas(),
@@ -422,11 +408,9 @@ async fn required_directories_are_added_or_refused_in_proxy_and_router_mode() {
     for name in ["dev", "proc", "sys", "tmp"] {
         assert!(names.contains(&name), "{name} not in {names:?}");
     }
-    let status = route(&cluster, &routing, &on_blocked).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains("RequiredDirectoryBlocked"),
-        "{status:?}"
+    assert_refused_with(
+        &route(&cluster, &routing, &on_blocked).await.unwrap_err(),
+        &["RequiredDirectoryBlocked"],
     );
     routing.stop().await;
 }
@@ -523,17 +507,15 @@ async fn platform_property_rules_apply_in_proxy_and_router_mode() {
     assert_eq!(cluster.worker.snapshot().executions.len(), 2);
     expander.stop().await;
 
-    let routing = router(&cluster, RULES).await;
+    let routing = cluster.router(RULES).await;
     for (stored, expected) in [(&from_rbe, &first_expected), (&with_pool, &second_expected)] {
         let (action, command) = route(&cluster, &routing, stored).await.unwrap();
         assert_eq!(&pairs(action.platform.as_ref()), expected);
         assert_eq!(&pairs(command.platform.as_ref()), expected);
     }
-    let status = route(&cluster, &routing, &privileged).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(
-        status.message().contains("platformPropertyRules[5]"),
-        "{status:?}"
+    assert_refused_with(
+        &route(&cluster, &routing, &privileged).await.unwrap_err(),
+        &["platformPropertyRules[5]"],
     );
     routing.stop().await;
 }

@@ -45,17 +45,6 @@ fn key(metadata: reapi::RequestMetadata) -> Any {
     }
 }
 
-/// An expander that serves the router only (no scheduler configured).
-async fn router(cluster: &Cluster, container_images: &str) -> Expander {
-    cluster
-        .expander_with(ExpanderSettings {
-            scheduler: false,
-            registry_hosts: vec![cluster.registry.host()],
-            container_images: container_images.into(),
-        })
-        .await
-}
-
 async fn route(
     expander: &Expander,
     action: Option<reapi::Action>,
@@ -76,8 +65,8 @@ async fn route(
 async fn route_action_returns_the_rewritten_action_and_invocation_keys() {
     let cluster = Cluster::start().await;
     cluster.push("test/base", "v1", &base_image()).await;
-    let expander = router(
-        &cluster,
+    let expander = cluster
+        .router(
         "{ inputRootDirectory: 'b', addPlatformProperties: [{ name: 'chroot', value: 'true' }] }",
     )
     .await;
@@ -171,7 +160,7 @@ async fn route_action_returns_the_rewritten_action_and_invocation_keys() {
 #[tokio::test]
 async fn route_action_passes_through_actions_without_image() {
     let cluster = Cluster::start().await;
-    let expander = router(&cluster, "{}").await;
+    let expander = cluster.router("{}").await;
     let stored = cluster.store(&ClientAction::with_images(&[])).await;
     let response = route(&expander, Some(stored.action.clone()), Some(metadata()))
         .await
@@ -197,7 +186,7 @@ async fn route_action_passes_through_actions_without_image() {
 async fn route_action_refuses_bad_input_with_the_right_code() {
     let cluster = Cluster::start().await;
     cluster.push("test/base", "v1", &base_image()).await;
-    let expander = router(&cluster, "{}").await;
+    let expander = cluster.router("{}").await;
     let reference = cluster.reference("test/base:v1");
 
     let status = route(&expander, None, None).await.unwrap_err();

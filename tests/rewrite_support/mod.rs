@@ -148,6 +148,16 @@ impl Cluster {
         .await
     }
 
+    /// An expander that serves the router only (no scheduler configured).
+    pub async fn router(&self, container_images: &str) -> Expander {
+        self.expander_with(ExpanderSettings {
+            scheduler: false,
+            registry_hosts: vec![self.registry.host()],
+            container_images: container_images.into(),
+        })
+        .await
+    }
+
     pub async fn expander_with(&self, settings: ExpanderSettings) -> Expander {
         // A port that was free a moment ago may be taken before the expander binds it:
         // try a few.
