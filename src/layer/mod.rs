@@ -9,6 +9,7 @@
 //!
 //! Pipeline (one concern per file):
 //! - [`media_type`]: media type → decompressor, magic-byte sniffing (docs/design/layers.md#compression);
+//! - [`gzip_members`]: every member of a gzip blob, inflated without the redundant CRC-32;
 //! - [`oci_digest`]: `sha256:`/`sha512:` digests of the blob and the DiffID;
 //! - [`readers`]: the blob as a blocking reader fed by a bounded channel, and the
 //!   decompressed stream, both hashing and enforcing limits;
@@ -44,6 +45,7 @@ pub use descriptor::LayerDescriptor;
 pub mod limits;
 pub use limits::MetadataLimits;
 
+mod gzip_members;
 mod hashing_thread;
 mod media_type;
 mod names;

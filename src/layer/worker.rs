@@ -5,6 +5,7 @@
 //! Any mismatch is an error and no changeset is returned. File contents may already have
 //! been uploaded by then, which is harmless in a content-addressed store.
 
+use super::gzip_members::GzipMembers;
 use super::hashing_thread::OffThreadHasher;
 use super::media_type::{self, Compression, DecompressionPlan};
 use super::oci_digest::OciDigest;
@@ -63,7 +64,7 @@ impl Job {
         let parsed = {
             let decoder: Box<dyn Read + '_> = match compression {
                 Compression::None => Box::new(&mut blob),
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut blob)),
+                Compression::Gzip => Box::new(GzipMembers::new(&mut blob)),
                 Compression::Zstd => Box::new(
                     zstd::stream::read::Decoder::with_buffer(&mut blob).map_err(|e| {
                         ReadError::Failed(crate::status::from_io(
