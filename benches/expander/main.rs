@@ -19,7 +19,7 @@
 //! | j | peak RSS refusing the two metadata bombs of issue 12 (at most 160 MB) | a layer just under the metadata limits, accepted |
 //! | g, h | Execute latency p50/p99 and throughput at 64 clients through the expander, warm | straight to the upstream |
 //! | i | g and h for a 6k-entry and a 25k-entry image | idem |
-//! | l | storage calls per warm action, Execute p50/p99 one at a time and Execute/s at 32 in flight, with CAS, AC and scheduler in another process whose every call costs 0.25 ms (6k-entry image) | straight to that process |
+//! | l | storage calls per warm action, Execute p50/p99 one at a time and Execute/s at 32 in flight, with CAS, AC and scheduler in another process whose every call costs 0.25 ms (6k-entry image) | straight to that process, and through a pass-through proxy (the ceiling of any proxy) |
 //!
 //! Everything runs on 127.0.0.1: a real CNCF Distribution registry (Debian package
 //! `docker-registry`), started here on a free port with temporary storage, and images
@@ -35,6 +35,7 @@ mod bombs;
 mod engine;
 mod execute;
 mod layers;
+mod pass_through;
 mod push;
 mod remote_storage;
 mod report;

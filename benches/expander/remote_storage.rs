@@ -211,7 +211,7 @@ async fn measure(
         .expect("expand the image before the benchmark");
     let expand_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let latency_pool = 2 * (WARMUP + LATENCY_SAMPLES) + COUNTED_ACTIONS + 5;
+    let latency_pool = 3 * (WARMUP + LATENCY_SAMPLES) + COUNTED_ACTIONS + 5;
     let requests = prepare_actions(
         &**expander.cas(),
         reference,
@@ -230,6 +230,8 @@ async fn measure(
     let through: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut direct_client = ExecutionClient::new(connect(direct).await);
     let mut expander_client = ExecutionClient::new(connect(through).await);
+    let pass_through = crate::pass_through::start(connect(direct).await).await;
+    let mut pass_through_client = ExecutionClient::new(connect(pass_through).await);
     let (counted, rest) = requests.split_at(COUNTED_ACTIONS);
     let (latency_requests, throughput_requests) = rest.split_at(latency_pool - COUNTED_ACTIONS);
 
@@ -259,20 +261,28 @@ async fn measure(
         .collect::<Vec<_>>()
         .join(", ");
 
-    // Latency, one at a time, alternating blocks of 50 between the two paths.
+    // Latency, one at a time, alternating blocks of 50 between the three paths.
     let steps_before = step_totals();
-    let mut samples = [Vec::new(), Vec::new()];
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     let mut next = latency_requests.iter();
     for _ in 0..WARMUP {
-        let request = next.next().unwrap().clone();
-        execute(&mut direct_client, request.clone()).await.unwrap();
-        let request = next.next().unwrap().clone();
-        execute(&mut expander_client, request).await.unwrap();
+        for client in [
+            &mut direct_client,
+            &mut expander_client,
+            &mut pass_through_client,
+        ] {
+            let request = next.next().unwrap().clone();
+            execute(client, request).await.unwrap();
+        }
     }
     while samples[1].len() < LATENCY_SAMPLES {
-        for (k, client) in [&mut direct_client, &mut expander_client]
-            .into_iter()
-            .enumerate()
+        for (k, client) in [
+            &mut direct_client,
+            &mut expander_client,
+            &mut pass_through_client,
+        ]
+        .into_iter()
+        .enumerate()
         {
             for _ in 0..50 {
                 let request = next.next().unwrap().clone();
@@ -283,7 +293,7 @@ async fn measure(
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let [mut direct_samples, mut expander_samples] = samples;
+    let [mut direct_samples, mut expander_samples, mut pass_through_samples] = samples;
     let (d50, d99) = (
         ms(percentile(&mut direct_samples, 50.0)),
         ms(percentile(&mut direct_samples, 99.0)),
@@ -292,6 +302,7 @@ async fn measure(
         ms(percentile(&mut expander_samples, 50.0)),
         ms(percentile(&mut expander_samples, 99.0)),
     );
+    let p50 = ms(percentile(&mut pass_through_samples, 50.0));
     let steps = step_means(&steps_before, &step_totals());
     let (_, mean_delay) = storage.calls();
     let delay_ms = mean_delay / 1e3;
@@ -306,6 +317,9 @@ async fn measure(
     let cpu = (process_cpu_seconds(), cpu_seconds_of(child));
     let (expander_rate, issued) = in_flight(&expander_channel, throughput_requests).await;
     let expander_cpu = (process_cpu_seconds() - cpu.0, cpu_seconds_of(child) - cpu.1);
+    let cpu = (process_cpu_seconds(), cpu_seconds_of(child));
+    let pass_through_rate = in_flight(&connect(pass_through).await, throughput_requests).await;
+    let pass_through_cpu = (process_cpu_seconds() - cpu.0, cpu_seconds_of(child) - cpu.1);
     let seconds = THROUGHPUT_SECONDS as f64;
     let micros_per_action = |cpu: f64, rate: f64| cpu / (rate * seconds) * 1e6;
     let load = loadavg();
@@ -353,6 +367,19 @@ async fn measure(
     ));
     table.push(
         Row::new(
+            "l Execute p50, pass-through proxy (ceiling)",
+            Unit::Millis,
+            p50,
+            Some(d50),
+            Target::Info,
+        )
+        .note(
+            "a proxy that forwards each Execute untouched, with no storage call: \
+             the latency of the extra hop alone",
+        ),
+    );
+    table.push(
+        Row::new(
             format!("l Execute/s, {IN_FLIGHT} in flight, remote storage"),
             Unit::PerSecond,
             expander_rate,
@@ -367,6 +394,24 @@ async fn measure(
             micros_per_action(direct_cpu.0, direct_rate.0),
             micros_per_action(expander_cpu.1, expander_rate),
             micros_per_action(direct_cpu.1, direct_rate.0),
+        )),
+    );
+    table.push(
+        Row::new(
+            format!("l Execute/s, {IN_FLIGHT} in flight, pass-through proxy (ceiling)"),
+            Unit::PerSecond,
+            pass_through_rate.0,
+            Some(direct_rate.0),
+            Target::Info,
+        )
+        .note(format!(
+            "the most any proxy in front of the scheduler can deliver here: one more gRPC \
+             server and client per Execute, no storage call. CPU per action: client+proxy \
+             process {:.0} us, storage+scheduler process {:.0} us. The expander delivers \
+             {:.2}x this",
+            micros_per_action(pass_through_cpu.0, pass_through_rate.0),
+            micros_per_action(pass_through_cpu.1, pass_through_rate.0),
+            expander_rate / pass_through_rate.0,
         )),
     );
     let _ = shutdown.send(true);
