@@ -160,7 +160,9 @@ local common = import 'common.libsonnet';
   //     out of the owner choice. Default: '10s'.
   //   connectTimeout: limit on connecting to a replica. Default: '2s'.
   //   peerClient: { tls, keepalive, addMetadata } of calls to the other replicas,
-  //     as in a gRPC client. Default: plaintext.
+  //     as in a gRPC client. Default: plaintext, with keepalive { time: '10s',
+  //     timeout: '10s' }, so that an owner that stops answering (frozen, or behind a
+  //     path that drops packets) is given up on and its work done by the next one.
   // The replicas must share the CAS and Action Cache and have the same
   // containerImages settings. Example:
   //   fleet: {

@@ -6,6 +6,9 @@
 //!   from the registry once (counted in the registry's access log).
 //! - The replica that owns a new image is killed while it expands it: every Execute sent
 //!   to the two others still succeeds.
+//! - The same when the owner is frozen (SIGSTOP: the process no longer answers, but its
+//!   connections stay open, as with a paused VM or a black-holed network path): the
+//!   peer connections' keepalive notices it.
 
 mod rewrite_support;
 mod support;
@@ -52,6 +55,17 @@ impl Replica {
         }
     }
 
+    /// SIGSTOP: the replica stops answering, but the kernel keeps its connections open
+    /// (as for a paused VM or a network path that drops packets). Drop kills it.
+    fn freeze(&mut self) {
+        let pid = self.child.as_ref().expect("a running replica").id();
+        let status = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -75,8 +89,14 @@ impl Drop for Replica {
 }
 
 /// Starts `REPLICAS` replicas that know each other, pointed at the cluster's storage
-/// and worker, allowed to pull from `registry_host`; returns once all are ready.
-fn start_fleet(dir: &Path, cluster: &Cluster, registry_host: &str) -> Vec<Replica> {
+/// and worker, allowed to pull from `registry_host`, with `fleet_fields` added to their
+/// `fleet` section; returns once all are ready.
+fn start_fleet(
+    dir: &Path,
+    cluster: &Cluster,
+    registry_host: &str,
+    fleet_fields: &str,
+) -> Vec<Replica> {
     let ports: Vec<(u16, u16)> = (0..REPLICAS)
         .map(|_| (support::free_port(), support::free_port()))
         .collect();
@@ -117,6 +137,7 @@ fn start_fleet(dir: &Path, cluster: &Cluster, registry_host: &str) -> Vec<Replic
                         selfAddress: '127.0.0.1:{grpc}',
                         peers: [{peers}],
                         unreachablePeerBackoff: '600s',
+                        {fleet_fields}
                       }},
                     }}"#,
                     peers = peers.join(", "),
@@ -232,7 +253,7 @@ async fn three_replicas_pull_each_layer_of_a_new_image_once() {
     cluster.push("test/fleet-once", "v1", &pushed).await;
     let dir = tempfile::tempdir().unwrap();
     let registry = cluster.registry.host();
-    let replicas = start_fleet(dir.path(), &cluster, &registry);
+    let replicas = start_fleet(dir.path(), &cluster, &registry, "");
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
 
     let reference = format!("docker://{registry}/test/fleet-once:v1");
@@ -302,9 +323,24 @@ async fn three_replicas_pull_each_layer_of_a_new_image_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_owner_mid_expansion_loses_no_request() {
+    owner_failure_loses_no_request("fleet-kill", "", Replica::kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freezing_the_owner_mid_expansion_loses_no_request() {
+    // Shorter than the default keepalive (10s + 10s), to keep the test short; the
+    // default is the same mechanism.
+    let keepalive = "peerClient: { keepalive: { time: '1s', timeout: '1s' } },";
+    owner_failure_loses_no_request("fleet-freeze", keepalive, Replica::freeze).await;
+}
+
+/// The owner of a new image, `fail`ed as soon as it downloads a layer, loses no
+/// Execute sent to the two other replicas, which notice and count its failure.
+async fn owner_failure_loses_no_request(name: &str, fleet_fields: &str, fail: fn(&mut Replica)) {
     let cluster = Cluster::start().await;
-    let pushed = image("fleet-kill");
-    let manifest_digest = cluster.push("test/fleet-kill", "v1", &pushed).await;
+    let pushed = image(name);
+    let repository = format!("test/{name}");
+    let manifest_digest = cluster.push(&repository, "v1", &pushed).await;
     // Layer downloads take a while, so that the owner is surely killed mid-way.
     let proxy = FaultProxy::start(&cluster.registry.host());
     for layer in &pushed.layers {
@@ -314,11 +350,11 @@ async fn killing_the_owner_mid_expansion_loses_no_request() {
         ));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut replicas = start_fleet(dir.path(), &cluster, &proxy.host());
+    let mut replicas = start_fleet(dir.path(), &cluster, &proxy.host(), fleet_fields);
 
     // The owner of the image, as every replica computes it.
     let pinned = Reference::parse(&format!(
-        "docker://{}/test/fleet-kill@{manifest_digest}",
+        "docker://{}/{repository}@{manifest_digest}",
         proxy.host()
     ))
     .unwrap();
@@ -340,7 +376,7 @@ async fn killing_the_owner_mid_expansion_loses_no_request() {
         .map(|(_, r)| r.url())
         .collect();
 
-    let reference = format!("docker://{}/test/fleet-kill:v1", proxy.host());
+    let reference = format!("docker://{}/{repository}:v1", proxy.host());
     let executes = {
         let cluster = &cluster;
         let survivors = survivors.clone();
@@ -354,7 +390,7 @@ async fn killing_the_owner_mid_expansion_loses_no_request() {
             assert!(Instant::now() < deadline, "no layer download began");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        replicas[victim].kill();
+        fail(&mut replicas[victim]);
     };
     let (failures, ()) = tokio::join!(executes, killer);
     assert!(
@@ -363,7 +399,7 @@ async fn killing_the_owner_mid_expansion_loses_no_request() {
         all_logs(&replicas)
     );
 
-    // The survivors noticed the owner's death and did its work.
+    // The survivors noticed the owner's failure and did its work.
     let unreachable: f64 = replicas
         .iter()
         .enumerate()

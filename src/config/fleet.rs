@@ -12,6 +12,12 @@ pub const DEFAULT_PEERS_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_UNREACHABLE_PEER_BACKOFF: Duration = Duration::from_secs(10);
 /// `connectTimeout` when unset.
 pub const DEFAULT_PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `peerClient.keepalive.time` when `peerClient.keepalive` is unset: an owner that
+/// stops answering (a frozen process or VM, a black-holed network path) is noticed
+/// within `time + timeout` of the last frame it sent, while a call to it is in flight.
+pub const DEFAULT_PEER_KEEPALIVE_TIME: Duration = Duration::from_secs(10);
+/// `peerClient.keepalive.timeout` when `peerClient.keepalive` is unset.
+pub const DEFAULT_PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -49,6 +55,9 @@ pub struct FleetConfiguration {
 pub struct PeerClientConfiguration {
     #[serde(default)]
     pub tls: Option<ClientTlsConfiguration>,
+    /// HTTP/2 keepalive pings on the connections to other replicas. Default: pings
+    /// after [`DEFAULT_PEER_KEEPALIVE_TIME`] without a frame, answered within
+    /// [`DEFAULT_PEER_KEEPALIVE_TIMEOUT`], while calls are in flight.
     #[serde(default)]
     pub keepalive: Option<ClientKeepaliveConfiguration>,
     #[serde(default)]
