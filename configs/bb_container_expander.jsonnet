@@ -163,6 +163,10 @@ local common = import 'common.libsonnet';
   //     as in a gRPC client. Default: plaintext, with keepalive { time: '10s',
   //     timeout: '10s' }, so that an owner that stops answering (frozen, or behind a
   //     path that drops packets) is given up on and its work done by the next one.
+  //   grpcServers: gRPC servers (as the top-level ones) that serve the other
+  //     replicas' calls, and then only they do: clients' servers answer
+  //     UNIMPLEMENTED for them. selfAddress and peers name their port. Default: none,
+  //     the top-level grpcServers serve them beside Execution.
   // The replicas must share the CAS and Action Cache and have the same
   // containerImages settings. Example:
   //   fleet: {

@@ -20,6 +20,7 @@ use crate::blobstore::configuration::{
     new_action_cache_from_configuration, new_content_addressable_storage_from_configuration,
 };
 use crate::config::container_images::DEFAULT_KEEPALIVE_INTERVAL;
+use crate::config::grpc::ServerConfiguration;
 use crate::config::{self, ApplicationConfiguration};
 use crate::diagnostics::{self, Readiness};
 use crate::fleet::{new_fleet_from_configuration, FleetPeerService};
@@ -165,11 +166,19 @@ impl Program {
     ) -> Result<(), String> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let maximum_message_size = self.config.maximum_message_size_bytes as usize;
-        let routes = |server: &crate::config::grpc::ServerConfiguration| {
-            let max_received = match server.maximum_received_message_size_bytes {
-                0 => 4 * 1024 * 1024,
-                n => n as usize,
-            };
+        // The other replicas' calls: on servers of their own when `fleet.grpcServers`
+        // lists any, otherwise beside Execution.
+        let peer_servers: &[ServerConfiguration] = match (&self.fleet_peers, &self.config.fleet) {
+            (Some(_), Some(fleet)) => &fleet.grpc_servers,
+            _ => &[],
+        };
+        let fleet_server = |peers: &FleetPeerService, max_received: usize| {
+            FleetServer::new(peers.clone())
+                .max_decoding_message_size(max_received)
+                .max_encoding_message_size(maximum_message_size.max(4 << 20))
+        };
+        let routes = |server: &ServerConfiguration| {
+            let max_received = received_message_limit(server);
             let mut routes = Routes::new(health_service.clone()).add_service(
                 ActionRouterServer::from_arc(self.router.clone())
                     .max_decoding_message_size(max_received)
@@ -182,12 +191,8 @@ impl Program {
                         .max_encoding_message_size(maximum_message_size.max(4 << 20)),
                 );
             }
-            if let Some(peers) = &self.fleet_peers {
-                routes = routes.add_service(
-                    FleetServer::new(peers.clone())
-                        .max_decoding_message_size(max_received)
-                        .max_encoding_message_size(maximum_message_size.max(4 << 20)),
-                );
+            if let (Some(peers), true) = (&self.fleet_peers, peer_servers.is_empty()) {
+                routes = routes.add_service(fleet_server(peers, max_received));
             }
             if let Some((execution, capabilities)) = &self.execution {
                 routes = routes
@@ -205,11 +210,18 @@ impl Program {
         };
         let mut servers: Vec<BoxFuture<'static, Result<(), String>>> =
             bind_servers(&self.config.grpc_servers, &routes, shutdown.clone()).await?;
+        if let Some(peers) = &self.fleet_peers {
+            let peer_routes = |server: &ServerConfiguration| {
+                Routes::new(health_service.clone())
+                    .add_service(fleet_server(peers, received_message_limit(server)))
+            };
+            servers.extend(bind_servers(peer_servers, &peer_routes, shutdown.clone()).await?);
+        }
         if let Some(diagnostics) = &self.config.global.diagnostics_http_server {
             servers
                 .extend(diagnostics::bind(diagnostics, readiness.clone(), shutdown.clone()).await?);
         }
-        for server in &self.config.grpc_servers {
+        for server in self.config.grpc_servers.iter().chain(peer_servers) {
             if !server.health_check_service.is_empty() {
                 health_reporter
                     .set_service_status(
@@ -238,6 +250,14 @@ impl Program {
         }
         results.into_iter().collect::<Result<Vec<()>, String>>()?;
         Ok(())
+    }
+}
+
+/// A server's `maximumReceivedMessageSizeBytes`, 4 MiB when unset.
+fn received_message_limit(server: &ServerConfiguration) -> usize {
+    match server.maximum_received_message_size_bytes {
+        0 => 4 * 1024 * 1024,
+        n => n as usize,
     }
 }
 

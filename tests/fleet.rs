@@ -3,7 +3,9 @@
 //! worker and one real docker-registry.
 //!
 //! - 100 concurrent Executes of a new image, spread over the three, pull each layer blob
-//!   from the registry once (counted in the registry's access log).
+//!   from the registry once (counted in the registry's access log); the replicas call
+//!   each other on servers of their own (`fleet.grpcServers`), where clients' servers
+//!   do not serve the Fleet service.
 //! - The replica that owns a new image is killed while it expands it: every Execute sent
 //!   to the two others still succeeds.
 //! - The same when the owner is frozen (SIGSTOP: the process no longer answers, but its
@@ -18,6 +20,10 @@ use bb_container_expander::config::DEFAULT_MAXIMUM_MESSAGE_SIZE_BYTES;
 use bb_container_expander::digest::DigestFunction;
 use bb_container_expander::fleet::ring;
 use bb_container_expander::image::image_source::image_key;
+use bb_container_expander::proto::fleet::fleet_client::FleetClient;
+use bb_container_expander::proto::fleet::{
+    expand_image_response, ExpandImageRequest, ForwardedRequest,
+};
 use bb_container_expander::registry::{Platform, Reference};
 use futures::future::join_all;
 use rewrite_support::*;
@@ -35,16 +41,20 @@ const CLIENTS: usize = 100;
 struct Replica {
     /// Taken by [`Replica::kill`]; killed on drop.
     child: Option<Child>,
-    /// `127.0.0.1:port` of its gRPC server, as the other replicas know it.
+    /// `127.0.0.1:port` of its gRPC server for the other replicas, as they know it.
     address: String,
+    /// `127.0.0.1:port` of its gRPC server for clients (the same as `address`, unless
+    /// the replicas have servers of their own).
+    client_address: String,
     /// `127.0.0.1:port` of its diagnostics HTTP server.
     http: String,
     log: PathBuf,
 }
 
 impl Replica {
+    /// Where clients send their calls.
     fn url(&self) -> String {
-        format!("http://{}", self.address)
+        format!("http://{}", self.client_address)
     }
 
     /// SIGKILL: the replica goes away mid-call, as a crashed or evicted pod does.
@@ -90,27 +100,45 @@ impl Drop for Replica {
 
 /// Starts `REPLICAS` replicas that know each other, pointed at the cluster's storage
 /// and worker, allowed to pull from `registry_host`, with `fleet_fields` added to their
-/// `fleet` section; returns once all are ready.
+/// `fleet` section, and with `fleet.grpcServers` of their own if `peer_servers`;
+/// returns once all are ready.
 fn start_fleet(
     dir: &Path,
     cluster: &Cluster,
     registry_host: &str,
     fleet_fields: &str,
+    peer_servers: bool,
 ) -> Vec<Replica> {
-    let ports: Vec<(u16, u16)> = (0..REPLICAS)
-        .map(|_| (support::free_port(), support::free_port()))
+    // (client gRPC, diagnostics HTTP, peer gRPC) ports.
+    let ports: Vec<(u16, u16, u16)> = (0..REPLICAS)
+        .map(|_| {
+            let grpc = support::free_port();
+            let peer = if peer_servers {
+                support::free_port()
+            } else {
+                grpc
+            };
+            (grpc, support::free_port(), peer)
+        })
         .collect();
     let peers: Vec<String> = ports
         .iter()
-        .map(|(grpc, _)| format!("'127.0.0.1:{grpc}'"))
+        .map(|(_, _, peer)| format!("'127.0.0.1:{peer}'"))
         .collect();
     let storage = cluster.storage.address();
     let worker = cluster.worker.address();
     let replicas: Vec<Replica> = ports
         .iter()
         .enumerate()
-        .map(|(i, (grpc, http))| {
+        .map(|(i, (grpc, http, peer))| {
             let config = dir.join(format!("replica-{i}.jsonnet"));
+            let peer_servers = if peer_servers {
+                format!(
+                    "grpcServers: [{{ listenAddresses: ['127.0.0.1:{peer}'], authenticationPolicy: {{ allow: {{}} }} }}],"
+                )
+            } else {
+                String::new()
+            };
             std::fs::write(
                 &config,
                 format!(
@@ -134,7 +162,8 @@ fn start_fleet(
                         initialRetryDelay: '0.05s',
                       }},
                       fleet: {{
-                        selfAddress: '127.0.0.1:{grpc}',
+                        selfAddress: '127.0.0.1:{peer}',
+                        {peer_servers}
                         peers: [{peers}],
                         unreachablePeerBackoff: '600s',
                         {fleet_fields}
@@ -155,7 +184,8 @@ fn start_fleet(
                 .unwrap();
             Replica {
                 child: Some(child),
-                address: format!("127.0.0.1:{grpc}"),
+                address: format!("127.0.0.1:{peer}"),
+                client_address: format!("127.0.0.1:{grpc}"),
                 http: format!("127.0.0.1:{http}"),
                 log,
             }
@@ -250,10 +280,11 @@ fn all_logs(replicas: &[Replica]) -> String {
 async fn three_replicas_pull_each_layer_of_a_new_image_once() {
     let cluster = Cluster::start().await;
     let pushed = image("fleet-once");
-    cluster.push("test/fleet-once", "v1", &pushed).await;
+    let manifest_digest = cluster.push("test/fleet-once", "v1", &pushed).await;
     let dir = tempfile::tempdir().unwrap();
     let registry = cluster.registry.host();
-    let replicas = start_fleet(dir.path(), &cluster, &registry, "");
+    // The replicas call each other on servers of their own (fleet.grpcServers).
+    let replicas = start_fleet(dir.path(), &cluster, &registry, "", true);
     let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
 
     let reference = format!("docker://{registry}/test/fleet-once:v1");
@@ -319,6 +350,39 @@ async fn three_replicas_pull_each_layer_of_a_new_image_once() {
         .sum();
     assert_eq!(unreachable, 0.0, "{}", all_logs(&replicas));
     assert_eq!(cluster.worker.log().execute_requests.len(), CLIENTS);
+
+    // The Fleet service is served on the replicas' own servers, and not on the servers
+    // that clients reach.
+    let request = ExpandImageRequest {
+        request: Some(ForwardedRequest {
+            instance_name: INSTANCE.into(),
+            digest_function: DigestFunction::Sha256.to_proto() as i32,
+            bypass_cache: false,
+        }),
+        reference: Reference::parse(&format!(
+            "docker://{registry}/test/fleet-once@{manifest_digest}"
+        ))
+        .unwrap()
+        .to_string(),
+        platform: Platform::new("linux", "amd64", "").to_string(),
+    };
+    for replica in &replicas {
+        let mut peer = FleetClient::connect(format!("http://{}", replica.address))
+            .await
+            .unwrap();
+        let answer = peer.expand_image(request.clone()).await.unwrap();
+        assert!(
+            matches!(
+                answer.into_inner().result,
+                Some(expand_image_response::Result::Record(_))
+            ),
+            "{}",
+            replica.address
+        );
+        let mut client = FleetClient::connect(replica.url()).await.unwrap();
+        let refused = client.expand_image(request.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{refused:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +414,7 @@ async fn owner_failure_loses_no_request(name: &str, fleet_fields: &str, fail: fn
         ));
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut replicas = start_fleet(dir.path(), &cluster, &proxy.host(), fleet_fields);
+    let mut replicas = start_fleet(dir.path(), &cluster, &proxy.host(), fleet_fields, false);
 
     // The owner of the image, as every replica computes it.
     let pinned = Reference::parse(&format!(

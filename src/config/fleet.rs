@@ -1,7 +1,9 @@
 //! `fleet`: the replicas of one deployment, which share the work of expanding images
 //! (docs/design/fleet.md). Unset: the process works alone.
 
-use super::grpc::{ClientKeepaliveConfiguration, ClientTlsConfiguration, HeaderValues};
+use super::grpc::{
+    ClientKeepaliveConfiguration, ClientTlsConfiguration, HeaderValues, ServerConfiguration,
+};
 use super::protojson;
 use serde::Deserialize;
 use std::time::Duration;
@@ -48,6 +50,12 @@ pub struct FleetConfiguration {
     /// gRPC client, without `address`).
     #[serde(default)]
     pub peer_client: PeerClientConfiguration,
+    /// gRPC servers on which the other replicas' calls are served, and only those (as
+    /// bb_scheduler serves workers apart from clients). Empty: they are served on the
+    /// top-level `grpcServers`, beside Execution. `selfAddress` and the peers must then
+    /// name these servers' port.
+    #[serde(default)]
+    pub grpc_servers: Vec<ServerConfiguration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
