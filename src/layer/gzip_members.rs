@@ -311,6 +311,60 @@ mod tests {
         assert!(error_of(&blob).contains("corrupt deflate data"));
     }
 
+    /// A member of `data` at `level`, with the optional header fields `flags` selects
+    /// (FEXTRA, FNAME, FCOMMENT, FHCRC), made with flate2's raw deflate encoder.
+    fn member(data: &[u8], level: u32, flags: u8) -> Vec<u8> {
+        let mut blob = vec![0x1f, 0x8b, 0x08, flags & 0x1e, 1, 2, 3, 4, 0, 0xff];
+        if flags & 0x04 != 0 {
+            blob.extend_from_slice(&[3, 0, 9, 9, 9]);
+        }
+        if flags & 0x08 != 0 {
+            blob.extend_from_slice(b"name\0");
+        }
+        if flags & 0x10 != 0 {
+            blob.extend_from_slice(b"comment\0");
+        }
+        if flags & 0x02 != 0 {
+            blob.extend_from_slice(&[0x12, 0x34]);
+        }
+        let mut deflate = DeflateEncoder::new(Vec::new(), Compression::new(level));
+        deflate.write_all(data).unwrap();
+        blob.extend(deflate.finish().unwrap());
+        blob.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        blob.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        blob
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Any sequence of members reads as the concatenation of their data; cut
+        /// anywhere but between two members, the blob is an error, never a shorter
+        /// stream.
+        #[test]
+        fn members_read_whole_and_cuts_are_refused(
+            members in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 0..3000), 0u32..10, proptest::prelude::any::<u8>()),
+                1..4,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut blob = Vec::new();
+            let mut expected = Vec::new();
+            let mut boundaries = vec![0];
+            for (data, level, flags) in &members {
+                blob.extend(member(data, *level, *flags));
+                boundaries.push(blob.len());
+                expected.extend_from_slice(data);
+            }
+            proptest::prop_assert_eq!(read_all(&blob).unwrap(), expected);
+            let cut = cut.index(blob.len());
+            if !boundaries.contains(&cut) {
+                proptest::prop_assert!(read_all(&blob[..cut]).is_err(), "cut at {}", cut);
+            }
+        }
+    }
+
     #[test]
     fn reads_members_made_by_hand_around_raw_deflate() {
         let data = sample();
