@@ -75,7 +75,17 @@ fn endpoint(config: &ClientConfiguration) -> Result<(Endpoint, Option<String>), 
         }
         (format!("{scheme}://{host_port}"), None)
     };
-    let mut endpoint = Endpoint::from_shared(uri).map_err(|e| format!("invalid address: {e}"))?;
+    // The backends configured here (storage, scheduler, the other replicas) are trusted,
+    // and the expander cancels its calls to them whenever its own clients cancel. Frames
+    // that a backend had already sent on a stream cancelled a little earlier count, once
+    // HTTP/2 has forgotten the stream, as "local error resets", and h2's default limit
+    // of 1,024 of them per connection, never decremented, would eventually close a busy
+    // long-lived connection with GOAWAY(ENHANCE_YOUR_CALM) and fail every call on it
+    // (tests/backend_connections.rs). The limit guards against misbehaving peers; the
+    // expander's own gRPC servers keep it.
+    let mut endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| format!("invalid address: {e}"))?
+        .http2_max_local_error_reset_streams(None);
     if let Some(tls) = &config.tls {
         let mut tls_config = ClientTlsConfig::new().with_enabled_roots();
         if !tls.server_certificate_authorities.is_empty() {
