@@ -32,7 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::fault_proxy::{Fault, FaultProxy, Rule};
 use support::http_get;
-use support::images::{tar_bytes, Compression, Flavor, Image, ImageBuilder, Layer, TarEntry};
+use support::images::{Image, TarEntry};
 
 const REPLICAS: usize = 3;
 const CLIENTS: usize = 100;
@@ -210,33 +210,12 @@ fn start_fleet(
 /// A runnable image (usr/bin/env) named `marker`, in three layers that no other image
 /// has.
 fn image(marker: &str) -> Image {
-    let mut first = env_entries();
-    first.push(TarEntry::Dir("etc".into(), 0o755));
-    first.push(TarEntry::file("etc/image-name", marker.as_bytes()));
-    let second = vec![TarEntry::file(
-        "etc/os-release",
-        format!("ID={marker}\n").as_bytes(),
-    )];
-    let third = vec![
+    let mut layers = marked_layers(marker);
+    layers.push(vec![
         TarEntry::Dir("opt".into(), 0o755),
         TarEntry::file("opt/tool", format!("{marker} tool\n").as_bytes()),
-    ];
-    let mut builder = ImageBuilder::new(Flavor::Oci);
-    for entries in [first, second, third] {
-        builder = builder.layer(Layer::new(
-            tar_bytes(&entries),
-            Compression::Gzip,
-            Flavor::Oci,
-        ));
-    }
-    builder.build()
-}
-
-/// A distinct action on `reference`.
-fn action(reference: &str, n: usize) -> ClientAction {
-    let mut action = ClientAction::with_images(&[reference]);
-    action.arguments.push(format!("# action {n}"));
-    action
+    ]);
+    image_of_layers(&layers)
 }
 
 /// Sends `CLIENTS` distinct Executes on `reference` at once, the n-th to
@@ -244,7 +223,7 @@ fn action(reference: &str, n: usize) -> ClientAction {
 async fn execute_all(cluster: &Cluster, targets: &[String], reference: &str) -> Vec<String> {
     let mut requests = Vec::new();
     for n in 0..CLIENTS {
-        let stored = cluster.store(&action(reference, n)).await;
+        let stored = cluster.store(&distinct_action(reference, n)).await;
         requests.push((targets[n % targets.len()].clone(), stored.request()));
     }
     let outcomes = join_all(requests.iter().map(|(url, request)| async move {
@@ -325,7 +304,7 @@ async fn three_replicas_pull_each_layer_of_a_new_image_once() {
         "0".repeat(64)
     );
     for (n, url) in urls.iter().enumerate() {
-        let stored = cluster.store(&action(&missing, 1000 + n)).await;
+        let stored = cluster.store(&distinct_action(&missing, 1000 + n)).await;
         let outcome = execute_at(url, stored.request()).await;
         let status = outcome.refusal();
         // As when the replica works alone: a missing image is a failed precondition.

@@ -11,7 +11,6 @@ use std::time::Duration;
 use futures::future::join_all;
 use rewrite_support::*;
 use support::fault_proxy::{Fault, FaultProxy, Rule};
-use support::images::{ImageBuilder, Layer, TarEntry};
 use tonic::Code;
 
 const CLIENTS: usize = 50;
@@ -31,35 +30,10 @@ fn resident_bytes() -> u64 {
     kib << 10
 }
 
-/// A runnable image (usr/bin/env) with a marker file, in two layers.
+/// A runnable image (usr/bin/env) with a marker file, in two layers that no other
+/// image has.
 fn image(marker: &str) -> support::images::Image {
-    // Both layers differ between images, so a rule on one image's blobs hits no other.
-    let mut first = env_entries();
-    first.push(TarEntry::Dir("etc".into(), 0o755));
-    first.push(TarEntry::file("etc/image-name", marker.as_bytes()));
-    let second = vec![TarEntry::file(
-        "etc/os-release",
-        format!("ID={marker}\n").as_bytes(),
-    )];
-    ImageBuilder::new(support::images::Flavor::Oci)
-        .layer(Layer::new(
-            support::images::tar_bytes(&first),
-            support::images::Compression::Gzip,
-            support::images::Flavor::Oci,
-        ))
-        .layer(Layer::new(
-            support::images::tar_bytes(&second),
-            support::images::Compression::Gzip,
-            support::images::Flavor::Oci,
-        ))
-        .build()
-}
-
-/// A distinct action on `reference`.
-fn action(reference: &str, n: usize) -> ClientAction {
-    let mut action = ClientAction::with_images(&[reference]);
-    action.arguments.push(format!("# action {n}"));
-    action
+    image_of_layers(&marked_layers(marker))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +87,7 @@ async fn fifty_executes_through_a_dropping_and_trickling_registry() {
         } else {
             (healthy[n % 3], true)
         };
-        let stored = cluster.store(&action(&reference(name), n)).await;
+        let stored = cluster.store(&distinct_action(&reference(name), n)).await;
         requests.push((name, is_healthy, stored.request()));
     }
     // Each Execute ends within 90 s, the trickled ones by failing (they are detected
@@ -182,7 +156,9 @@ async fn fifty_executes_through_a_dropping_and_trickling_registry() {
 
     // The service still answers: an action on an image not pulled yet, faults off.
     proxy.clear_rules();
-    let stored = cluster.store(&action(&reference("fresh"), 1000)).await;
+    let stored = cluster
+        .store(&distinct_action(&reference("fresh"), 1000))
+        .await;
     let fresh = tokio::time::timeout(Duration::from_secs(60), expander.execute(stored.request()))
         .await
         .expect("a fresh Execute is answered");
@@ -242,7 +218,9 @@ async fn a_cancelled_execute_frees_its_ingestion_slot() {
     let reference = |name: &str| format!("docker://{}/test/{name}:v1", proxy.host());
 
     // The first client waits until its layer download is under way, then goes away.
-    let stored = cluster.store(&action(&reference("hanging"), 0)).await;
+    let stored = cluster
+        .store(&distinct_action(&reference("hanging"), 0))
+        .await;
     let mut stream = expander
         .client()
         .await
@@ -274,7 +252,9 @@ async fn a_cancelled_execute_frees_its_ingestion_slot() {
     drop(stream);
 
     // The second image needs the only slot.
-    let stored = cluster.store(&action(&reference("waiting"), 1)).await;
+    let stored = cluster
+        .store(&distinct_action(&reference("waiting"), 1))
+        .await;
     let outcome =
         tokio::time::timeout(Duration::from_secs(120), expander.execute(stored.request()))
             .await
@@ -304,14 +284,14 @@ async fn a_tag_keeps_its_last_digest_through_a_registry_outage() {
             })
             .await;
         proxy.clear_rules();
-        let stored = cluster.store(&action(&reference, 0)).await;
+        let stored = cluster.store(&distinct_action(&reference, 0)).await;
         let first = expander.execute(stored.request()).await;
         assert!(first.error.is_none(), "{:?}", first.error);
 
         // The resolution expires; then the registry is down for manifests.
         tokio::time::sleep(Duration::from_millis(400)).await;
         proxy.add_rule(Rule::any("/manifests/", Fault::status(503)));
-        let stored = cluster.store(&action(&reference, 1)).await;
+        let stored = cluster.store(&distinct_action(&reference, 1)).await;
         let second = expander.execute(stored.request()).await;
         if survives {
             assert!(second.error.is_none(), "served stale: {:?}", second.error);

@@ -500,6 +500,41 @@ pub fn env_entries() -> Vec<TarEntry> {
     ]
 }
 
+/// The two layers of a runnable image that no image with another `marker` shares, so
+/// that a rule on one image's blobs hits no other: `env_entries` and etc/image-name,
+/// then etc/os-release.
+pub fn marked_layers(marker: &str) -> Vec<Vec<TarEntry>> {
+    let mut first = env_entries();
+    first.push(TarEntry::Dir("etc".into(), 0o755));
+    first.push(TarEntry::file("etc/image-name", marker.as_bytes()));
+    let second = vec![TarEntry::file(
+        "etc/os-release",
+        format!("ID={marker}\n").as_bytes(),
+    )];
+    vec![first, second]
+}
+
+/// An image (gzip, OCI) with one layer per element of `layers`.
+pub fn image_of_layers(layers: &[Vec<TarEntry>]) -> Image {
+    layers
+        .iter()
+        .fold(ImageBuilder::new(Flavor::Oci), |builder, entries| {
+            builder.layer(Layer::new(
+                tar_bytes(entries),
+                Compression::Gzip,
+                Flavor::Oci,
+            ))
+        })
+        .build()
+}
+
+/// The `n`-th of a series of distinct actions on `reference`.
+pub fn distinct_action(reference: &str, n: usize) -> ClientAction {
+    let mut action = ClientAction::with_images(&[reference]);
+    action.arguments.push(format!("# action {n}"));
+    action
+}
+
 /// A one-layer image (gzip, OCI) of `entries`.
 pub fn image_of(entries: &[TarEntry]) -> Image {
     ImageBuilder::new(Flavor::Oci)
